@@ -1,0 +1,29 @@
+"""Test-wide settings: full float32 matmul precision on every backend, headless plotting.
+
+Frameworks are configured only if installed, so a torch-only or jax-only environment can still
+run the tests that apply to it (the others are skipped with `pytest.importorskip`).
+"""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+try:
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+except ImportError:
+    pass
+
+try:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+except ImportError:
+    pass
