@@ -1,0 +1,29 @@
+"""PyTorch mirror of the Flax reference: same modules, same canonical names, taps everywhere.
+
+`Transformer(config)` with `load_canonical` / `to_canonical` / `canonical_grads`;
+`forward(model, src, tgt, capture=True)`; `capture` / `patch` context managers on the taps;
+`greedy_decode` / `beam_search` with a KV cache.  Never imports jax or transformers.
+"""
+
+from .api import forward, full_precision, init
+from .cache import DynamicCache, EncoderDecoderCache
+from .model import (
+    Attention,
+    Decoder,
+    DecoderLayer,
+    Embed,
+    Encoder,
+    EncoderLayer,
+    FeedForward,
+    LayerNorm,
+    Output,
+    Transformer,
+)
+from .taps import Tap, capture, has_hooks, name_taps, patch, taps
+
+__all__ = [
+    "Attention", "Decoder", "DecoderLayer", "DynamicCache", "Embed", "Encoder",
+    "EncoderDecoderCache", "EncoderLayer", "FeedForward", "LayerNorm", "Output", "Tap",
+    "Transformer", "capture", "forward", "full_precision", "has_hooks", "init", "name_taps",
+    "patch", "taps",
+]

@@ -1,0 +1,60 @@
+"""Attention math as small pure functions, and the two masks.
+
+Axis legend: b batch, q query length, k key length, h heads, d head dim, m model dim.
+Masks are boolean, True where a query may attend; they broadcast to scores `[b, h, q, k]`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[b, l, m] -> [b, h, l, d]: head h owns the contiguous features h*d:(h+1)*d."""
+    b, l, m = x.shape
+    return x.view(b, l, num_heads, m // num_heads).transpose(1, 2)  # [b, h, l, d]
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[b, h, l, d] -> [b, l, m], the inverse of `split_heads`."""
+    b, h, l, d = x.shape
+    return x.transpose(1, 2).reshape(b, l, h * d)  # [b, l, m]
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """QK^T / sqrt(d), before any mask: [b, h, q, d], [b, h, k, d] -> [b, h, q, k]."""
+    return torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over keys with masked scores *replaced* by the dtype's most negative value.
+
+    Replacing (not adding) makes a row whose keys are all masked exactly uniform, never NaN.
+    """
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1)  # [b, h, q, k]
+
+
+def attend(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """weights @ v: [b, h, q, k], [b, h, k, d] -> [b, h, q, d]."""
+    return torch.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
+def padding_mask(key_mask: torch.Tensor) -> torch.Tensor:
+    """[b, k] True for real tokens -> [b, 1, 1, k]: no query attends to a padded key."""
+    return key_mask[:, None, None, :]
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """[1, 1, q, k]: query i (absolute position k_len - q_len + i) sees keys up to itself.
+
+    With a KV cache the queries are the last q_len positions of k_len, so a multi-token first
+    step and a one-token later step use the same rule.
+    """
+    offset = k_len - q_len
+    qi = torch.arange(q_len, device=device)[:, None]
+    ki = torch.arange(k_len, device=device)[None, :]
+    return (ki <= qi + offset)[None, None]  # [1, 1, q, k]

@@ -1,0 +1,380 @@
+"""The encoder-decoder Transformer as torch modules whose paths are the canonical names.
+
+`encoder.layer_0.self_attn.query` is the Linear behind `encoder/layer_0/self_attn/query/*`, and
+every canonical intermediate passes through a `Tap` at its own path (`...self_attn.weights`).
+Modules own parameters and wiring; the math is in `attention.py`.  Shapes: b batch, s source
+length, t target length, h heads, d head dim, m d_model, f d_ff, v vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from spec import TransformerConfig, sinusoidal_positions
+
+from .attention import (
+    attend,
+    attention_scores,
+    causal_mask,
+    masked_softmax,
+    merge_heads,
+    padding_mask,
+    split_heads,
+)
+from .taps import Tap, name_taps
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": lambda x: F.gelu(x, approximate="none"),  # the exact erf form, never tanh
+    "swish": F.silu,
+}
+
+
+def _dropout(rate: float) -> nn.Module:
+    return nn.Dropout(rate) if rate > 0 else nn.Identity()
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm (`weight` <-> canonical `scale`) with `input` and `output` taps."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config.d_model, eps=config.layer_norm_eps)
+        self.input = Tap()
+        self.output = Tap()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input(x)
+        return self.output(F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps))
+
+
+class Embed(nn.Module):
+    """Token vectors (scaled by sqrt(m)) plus sinusoidal positions, then dropout.
+
+    The token table is passed in, since it may be shared by both sides (`shared_embedding`).
+    `offset` is the position of the first token (the KV cache length while decoding).
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
+        table = sinusoidal_positions(config.max_len, config.d_model, config.positional_layout)
+        self.register_buffer("positions", torch.from_numpy(table), persistent=False)  # [max_len, m]
+        self.dropout = _dropout(config.dropout_rate)
+        self.tokens = Tap()
+        self.output = Tap()
+
+    def forward(self, ids: torch.Tensor, table: nn.Embedding, offset: int = 0) -> torch.Tensor:
+        x = self.tokens(table(ids) * self.scale)                # [b, l, m]
+        x = x + self.positions[offset:offset + ids.shape[1]]   # [l, m] broadcast over b
+        return self.output(self.dropout(x))
+
+
+class Attention(nn.Module):
+    """Multi-head attention; `cross` reads keys and values from the encoder output.
+
+    Taps (canonical order): q, k, v [b, h, l, d]; scores (before the mask) and weights (after
+    the masked softmax, before dropout) [b, h, q, k]; context [b, h, q, d]; output [b, q, m]
+    (after the `out` projection, before the residual dropout).
+    """
+
+    def __init__(self, config: TransformerConfig, cross: bool = False) -> None:
+        super().__init__()
+        d = config.d_model
+        self.num_heads = config.num_heads
+        self.cross = cross
+        self.query = nn.Linear(d, d)
+        self.key = nn.Linear(d, d)
+        self.value = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.weights_dropout = _dropout(config.attention_dropout_rate)
+        self.q, self.k, self.v = Tap(), Tap(), Tap()
+        self.scores, self.weights, self.context, self.output = Tap(), Tap(), Tap(), Tap()
+
+    def _project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = split_heads(self.key(source), self.num_heads)    # [b, h, k, d]
+        v = split_heads(self.value(source), self.num_heads)  # [b, h, k, d]
+        return k, v
+
+    def _cached_kv(self, source: torch.Tensor, cache: Any, layer_idx: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V through an `EncoderDecoderCache`-like cache (transformers' or `cache.py`'s).
+
+        Self-attention appends this step's K/V and attends over everything cached; cross-
+        attention projects the encoder output once, on the first step, then reuses it.
+        """
+        if self.cross:
+            cross = cache.cross_attention_cache
+            if cache.is_updated.get(layer_idx, False):
+                layer = cross.layers[layer_idx]
+                return layer.keys, layer.values
+            k, v = cross.update(*self._project_kv(source), layer_idx)
+            cache.is_updated[layer_idx] = True
+            return k, v
+        self_cache = getattr(cache, "self_attention_cache", cache)
+        return self_cache.update(*self._project_kv(source), layer_idx)
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None,
+                cache: Any = None, layer_idx: int = 0) -> torch.Tensor:
+        """x [b, q, m] attends over source [b, k, m] (x itself for self-attention)."""
+        q = self.q(split_heads(self.query(x), self.num_heads))           # [b, h, q, d]
+        if cache is None:
+            k, v = self._project_kv(source)
+        else:
+            k, v = self._cached_kv(source, cache, layer_idx)
+        k, v = self.k(k), self.v(v)                                     # [b, h, k, d]
+        scores = self.scores(attention_scores(q, k))                    # [b, h, q, k]
+        weights = self.weights(masked_softmax(scores, mask))           # [b, h, q, k]
+        context = self.context(attend(self.weights_dropout(weights), v))  # [b, h, q, d]
+        return self.output(self.out(merge_heads(context)))             # [b, q, m]
+
+
+class FeedForward(nn.Module):
+    """The paper's position-wise `act(x W1 + b1) W2 + b2`; no dropout inside."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.d_model, config.d_ff)
+        self.w2 = nn.Linear(config.d_ff, config.d_model)
+        self.act_fn = ACTIVATIONS[config.activation]  # not `activation`: that name is the tap
+        self.pre_activation, self.activation, self.output = Tap(), Tap(), Tap()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre_activation(self.w1(x))      # [b, l, f]
+        h = self.activation(self.act_fn(h))      # [b, l, f]
+        return self.output(self.w2(h))           # [b, l, m]
+
+
+class _Layer(nn.Module):
+    """Shared residual wiring: post-LN `norm(x + drop(f(x)))`, pre-LN `x + drop(f(norm(x)))`."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.dropout = _dropout(config.dropout_rate)
+
+    def _residual(self, x: torch.Tensor, norm: LayerNorm, fn: Any) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.dropout(fn(norm(x)))
+        return norm(x + self.dropout(fn(x)))
+
+
+class EncoderLayer(_Layer):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config)
+        self.self_attn = Attention(config)
+        self.self_attn_norm = LayerNorm(config)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = LayerNorm(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self._residual(x, self.self_attn_norm, lambda h: self.self_attn(h, h, mask))
+        return self._residual(x, self.ffn_norm, self.ffn)
+
+
+class DecoderLayer(_Layer):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config)
+        self.self_attn = Attention(config)
+        self.self_attn_norm = LayerNorm(config)
+        self.cross_attn = Attention(config, cross=True)
+        self.cross_attn_norm = LayerNorm(config)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = LayerNorm(config)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor,
+                cross_mask: torch.Tensor, cache: Any = None, layer_idx: int = 0) -> torch.Tensor:
+        x = self._residual(x, self.self_attn_norm,
+                           lambda h: self.self_attn(h, h, self_mask, cache, layer_idx))
+        x = self._residual(x, self.cross_attn_norm,
+                           lambda h: self.cross_attn(h, memory, cross_mask, cache, layer_idx))
+        return self._residual(x, self.ffn_norm, self.ffn)
+
+
+class _Stack(nn.Module):
+    """Embedding taps, `layer_{i}` children (add_module: ModuleList would name them `0`, `1`),
+    the pre-LN `final_norm`, and the `output` tap."""
+
+    def __init__(self, config: TransformerConfig, side: str, layer_cls: type, n: int) -> None:
+        super().__init__()
+        if not config.share_embeddings:
+            vocab = config.src_vocab_size if side == "encoder" else config.tgt_vocab_size
+            self.embedding = nn.Embedding(vocab, config.d_model)
+        self.embed = Embed(config)
+        self.num_layers = n
+        for i in range(n):
+            self.add_module(f"layer_{i}", layer_cls(config))
+        if config.norm_position == "pre":
+            self.final_norm = LayerNorm(config)
+        self.output = Tap()
+        self.gradient_checkpointing = False
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [getattr(self, f"layer_{i}") for i in range(self.num_layers)]
+
+    def _run(self, layer: nn.Module, *args: Any) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "final_norm"):
+            x = self.final_norm(x)
+        return self.output(x)
+
+
+class Encoder(_Stack):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config, "encoder", EncoderLayer, config.num_encoder_layers)
+
+    def forward(self, src: torch.Tensor, key_mask: torch.Tensor,
+                table: nn.Embedding | None = None) -> torch.Tensor:
+        """src [b, s] ids, key_mask [b, s] (True = real token) -> [b, s, m]."""
+        x = self.embed(src, table if table is not None else self.embedding)
+        mask = padding_mask(key_mask)  # [b, 1, 1, s]
+        for layer in self.layers:
+            x = self._run(layer, x, mask)
+        return self._finish(x)
+
+
+class Decoder(_Stack):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config, "decoder", DecoderLayer, config.num_decoder_layers)
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, memory_key_mask: torch.Tensor,
+                table: nn.Embedding | None = None, cache: Any = None) -> torch.Tensor:
+        """tgt [b, t] ids (the new ones only, when a cache holds the earlier ones),
+        memory [b, s, m], memory_key_mask [b, s] -> [b, t, m]."""
+        offset = 0 if cache is None else cache.get_seq_length()
+        x = self.embed(tgt, table if table is not None else self.embedding, offset)
+        t = tgt.shape[1]
+        self_mask = causal_mask(t, offset + t, tgt.device)  # [1, 1, t, offset + t]
+        cross_mask = padding_mask(memory_key_mask)           # [b, 1, 1, s]
+        for i, layer in enumerate(self.layers):
+            if cache is None:
+                x = self._run(layer, x, memory, self_mask, cross_mask)
+            else:
+                x = layer(x, memory, self_mask, cross_mask, cache, i)
+        return self._finish(x)
+
+
+class Output(nn.Module):
+    """The logits projection: `weight` [v, m] is canonical `output/kernel` transposed when the
+    output is untied; when tied, the decoder's token table is passed in instead.  `bias` [v] is
+    canonical `output/bias` (output_bias), which may exist alone beside a tied table."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        v, m = config.tgt_vocab_size, config.d_model
+        self.register_parameter(
+            "weight", None if config.tie_output else nn.Parameter(torch.empty(v, m)))
+        self.register_parameter(
+            "bias", nn.Parameter(torch.zeros(v)) if config.output_bias else None)
+
+    def forward(self, x: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.weight is not None else tied_weight
+        return F.linear(x, weight, self.bias)  # [b, t, v]
+
+
+class Transformer(nn.Module):
+    """The whole model.  `forward(src, tgt)` -> logits [b, t, v]; see `api.forward` for the
+    checked, captured, deterministic entry point."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise ValueError(f"config must be a spec.TransformerConfig, got {type(config).__name__}")
+        self.config = config
+        if config.share_embeddings:
+            self.shared_embedding = nn.Embedding(config.src_vocab_size, config.d_model)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.output = Output(config)
+        self.logits = Tap()
+        self.reset_parameters()
+        name_taps(self)
+
+    # -- parameters --------------------------------------------------------------------------
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Xavier-uniform projections, N(0, 1/m) token tables, unit norms, zero biases.
+
+        Deterministic under `torch.manual_seed` (or the given generator).  Cross-framework
+        parity loads the same canonical weights, so these need not match Flax's initialisers.
+        """
+        std = self.config.d_model ** -0.5
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight, generator=generator)
+                    nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.Embedding):
+                    nn.init.normal_(module.weight, std=std, generator=generator)
+                elif isinstance(module, nn.LayerNorm):
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+                elif isinstance(module, Output):
+                    if module.weight is not None:
+                        nn.init.xavier_uniform_(module.weight, generator=generator)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.encoder.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        """Recompute each layer in the backward pass (training only) to save memory."""
+        self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = bool(on)
+
+    def load_canonical(self, flat: Any) -> Transformer:
+        from .canonical import load_canonical
+        load_canonical(self, flat)
+        return self
+
+    def to_canonical(self) -> dict:
+        from .canonical import to_canonical
+        return to_canonical(self)
+
+    def canonical_grads(self) -> dict:
+        from .canonical import canonical_grads
+        return canonical_grads(self)
+
+    # -- computation -------------------------------------------------------------------------
+    @property
+    def src_table(self) -> nn.Embedding:
+        return self.shared_embedding if self.config.share_embeddings else self.encoder.embedding
+
+    @property
+    def tgt_table(self) -> nn.Embedding:
+        return self.shared_embedding if self.config.share_embeddings else self.decoder.embedding
+
+    def source_mask(self, src: torch.Tensor) -> torch.Tensor:
+        """[b, s] True for real source tokens (keys equal to pad_id are masked)."""
+        return src != self.config.pad_id
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """src [b, s] -> encoder output [b, s, m]."""
+        if src_mask is None:
+            src_mask = self.source_mask(src)
+        return self.encoder(src, src_mask, self.src_table)
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+               cache: Any = None) -> torch.Tensor:
+        """tgt [b, t] (new ids only, with a cache), memory [b, s, m], src_mask [b, s]
+        -> logits [b, t, v]."""
+        x = self.decoder(tgt, memory, src_mask, self.tgt_table, cache)
+        return self.logits(self.output(x, self.tgt_table.weight))
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor,
+                src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """src [b, s], tgt [b, t] (starts with bos) -> logits [b, t, v]."""
+        if src_mask is None:
+            src_mask = self.source_mask(src)
+        return self.decode(tgt, self.encode(src, src_mask), src_mask)
