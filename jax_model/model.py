@@ -1,0 +1,354 @@
+"""The encoder-decoder Transformer as Flax linen modules, named so that the params tree IS the
+canonical parameter set and every sow lands on a canonical intermediate name.
+
+Shapes: b batch, s source length, t target length, l either, h heads, d head dim, m d_model,
+f d_ff, v vocabulary.  Dropout (training only, `deterministic=False` with a "dropout" rng)
+follows the paper: on the embedding output, on each sublayer's output before the residual add,
+and on the attention weights when `attention_dropout_rate > 0`; none inside the FFN.
+
+`decode=True` runs one target position per call against a `cache` collection (the Flax way,
+as in flax `examples/wmt/models.py`): the first call, with a full-length dummy target, only
+creates the cache (zero keys/values for self-attention, the projected encoder keys/values for
+cross-attention, which are never recomputed); each later call appends one position.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from spec import TransformerConfig, sinusoidal_positions
+
+from .attention import (
+    attention_scores,
+    causal_mask,
+    masked_softmax,
+    padding_mask,
+    prefix_mask,
+    weighted_values,
+)
+
+# Xavier/Glorot for every projection (the Annotated Transformer), zero biases; token tables
+# N(0, 1/m) so that tokens * sqrt(m) have unit variance (tensor2tensor).
+KERNEL_INIT = nn.initializers.xavier_uniform()
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact erf form
+    "swish": jax.nn.silu,
+}
+
+
+@functools.lru_cache(maxsize=16)
+def position_table(max_len: int, d_model: int, layout: str) -> np.ndarray:
+    """The spec's `[max_len, m]` sinusoid table, computed once per shape (a constant, not a param)."""
+    return sinusoidal_positions(max_len, d_model, layout)
+
+
+def dense(features: int, name: str) -> nn.Dense:
+    """A Dense with canonical `kernel [in, out]` and `bias [out]`."""
+    return nn.Dense(features, kernel_init=KERNEL_INIT, bias_init=nn.initializers.zeros, name=name)
+
+
+class TokenTable(nn.Module):
+    """One token embedding table, param `embedding [v, m]`; a module of its own so that it can
+    be shared by the encoder, the decoder and the tied output layer."""
+
+    config: TransformerConfig
+    side: str  # "encoder" or "decoder": which vocabulary
+
+    def setup(self) -> None:
+        vocab = self.config.src_vocab_size if self.side == "encoder" else self.config.tgt_vocab_size
+        init = nn.initializers.normal(stddev=self.config.d_model ** -0.5)
+        self.embedding = self.param("embedding", init, (vocab, self.config.d_model))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0)  # [b, l] -> [b, l, m]
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Tied output: similarity of each state with every token vector."""
+        return jnp.einsum("blm,vm->blv", x, self.embedding)
+
+
+class Embed(nn.Module):
+    """Token vectors -> scaled by sqrt(m) -> + positions -> dropout; sows `tokens`, `output`.
+
+    With `decode=True` the position is the cache index (one position per call)."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, vectors: jax.Array, deterministic: bool = True,
+                 decode: bool = False) -> jax.Array:
+        cfg = self.config
+        if cfg.scale_embeddings:
+            vectors = vectors * math.sqrt(cfg.d_model)
+        self.sow("intermediates", "tokens", vectors)
+        table = jnp.asarray(position_table(cfg.max_len, cfg.d_model, cfg.positional_layout))
+        positions = table[None, : vectors.shape[1]]  # [1, l, m]
+        if decode:
+            initialized = self.has_variable("cache", "cache_index")
+            index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            if initialized:
+                positions = lax.dynamic_slice_in_dim(table, index.value, 1)[None]  # [1, 1, m]
+                index.value = index.value + 1
+        x = nn.Dropout(cfg.dropout_rate, name="dropout")(vectors + positions,
+                                                         deterministic=deterministic)
+        self.sow("intermediates", "output", x)
+        return x
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over m with params `scale`, `bias`; sows `input`, `output`.
+
+    Two-pass variance (mean of squared deviations), as torch computes it, rather than flax's
+    default E[x^2] - E[x]^2, so the mirrored models agree to float32 rounding."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        m = self.config.d_model
+        scale = self.param("scale", nn.initializers.ones, (m,))
+        bias = self.param("bias", nn.initializers.zeros, (m,))
+        self.sow("intermediates", "input", x)
+        mean = jnp.mean(x, axis=-1, keepdims=True)                      # [b, l, 1]
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)    # [b, l, 1]
+        y = (x - mean) * lax.rsqrt(var + self.config.layer_norm_eps) * scale + bias
+        self.sow("intermediates", "output", y)
+        return y
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with Dense `query`, `key`, `value`, `out` ([m, m] kernels).
+
+    Head i owns columns i*d:(i+1)*d of the query/key/value kernels.  Sows q, k, v, scores
+    (before masking), weights and context (before dropout) and output.  `cross=True` attends
+    to `memory` (the encoder output); in decode mode its keys/values are projected once, at
+    cache creation.  Self-attention in decode mode appends one key/value per call."""
+
+    config: TransformerConfig
+    cross: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, memory: jax.Array | None, mask: jax.Array,
+                 deterministic: bool = True, decode: bool = False) -> jax.Array:
+        cfg = self.config
+        h, d = cfg.num_heads, cfg.head_dim
+
+        def split(y: jax.Array) -> jax.Array:  # [b, l, m] -> [b, h, l, d]
+            return y.reshape(y.shape[0], y.shape[1], h, d).transpose(0, 2, 1, 3)
+
+        key_proj, value_proj = dense(cfg.d_model, "key"), dense(cfg.d_model, "value")
+        q = split(dense(cfg.d_model, "query")(x))
+        if not self.cross:
+            k, v = split(key_proj(x)), split(value_proj(x))
+            if decode:
+                k, v, mask = self._append_to_cache(k, v, mask)
+        elif decode and self.has_variable("cache", "cached_key"):
+            k, v = self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
+        else:
+            k, v = split(key_proj(memory)), split(value_proj(memory))
+            if decode:
+                self.put_variable("cache", "cached_key", k)
+                self.put_variable("cache", "cached_value", v)
+
+        scores = attention_scores(q, k)                 # [b, h, q, k]
+        weights = masked_softmax(scores, mask)          # [b, h, q, k]
+        dropped = nn.Dropout(cfg.attention_dropout_rate, name="weights_dropout")(
+            weights, deterministic=deterministic)
+        context = weighted_values(dropped, v)          # [b, h, q, d]
+        b, _, lq, _ = context.shape
+        merged = context.transpose(0, 2, 1, 3).reshape(b, lq, cfg.d_model)  # head i -> cols i*d
+        output = dense(cfg.d_model, "out")(merged)      # [b, q, m]
+        for name, value in (("q", q), ("k", k), ("v", v), ("scores", scores),
+                            ("weights", weights), ("context", context), ("output", output)):
+            self.sow("intermediates", name, value)
+        return output
+
+    def _append_to_cache(self, k: jax.Array, v: jax.Array, mask: jax.Array
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """flax linen's decode cache: the creating call stores zeros of the full length and
+        attends normally; later calls write one position and see slots 0..index."""
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if not initialized:
+            return k, v, mask
+        if k.shape[2] != 1:
+            raise ValueError(f"decode mode takes one target position per call, got {k.shape[2]}")
+        i = index.value
+        k = lax.dynamic_update_slice(cached_key.value, k, (0, 0, i, 0))    # [b, h, L, d]
+        v = lax.dynamic_update_slice(cached_value.value, v, (0, 0, i, 0))  # [b, h, L, d]
+        cached_key.value, cached_value.value = k, v
+        index.value = i + 1
+        return k, v, prefix_mask(i, k.shape[2])
+
+
+class FeedForward(nn.Module):
+    """The paper's act(x W1 + b1) W2 + b2 with Dense `w1`, `w2`; sows pre_activation,
+    activation, output."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        pre = dense(cfg.d_ff, "w1")(x)                    # [b, l, f]
+        act = ACTIVATIONS[cfg.activation](pre)            # [b, l, f]
+        out = dense(cfg.d_model, "w2")(act)               # [b, l, m]
+        self.sow("intermediates", "pre_activation", pre)
+        self.sow("intermediates", "activation", act)
+        self.sow("intermediates", "output", out)
+        return out
+
+
+def residual(config: TransformerConfig, name: str, sublayer: Callable[[jax.Array], jax.Array],
+             x: jax.Array, deterministic: bool) -> jax.Array:
+    """One residual sublayer, creating `{name}_norm` in the calling module.
+
+    post-LN (the paper): norm(x + dropout(sublayer(x)));  pre-LN: x + dropout(sublayer(norm(x))).
+    """
+    norm = LayerNorm(config, name=f"{name}_norm")
+    drop = nn.Dropout(config.dropout_rate, name=f"{name}_dropout")
+    if config.norm_position == "pre":
+        return x + drop(sublayer(norm(x)), deterministic=deterministic)
+    return norm(x + drop(sublayer(x), deterministic=deterministic))
+
+
+class EncoderLayer(nn.Module):
+    """self_attn (keys masked at padding) then ffn, each a residual sublayer."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        x = residual(cfg, "self_attn", lambda y: MultiHeadAttention(cfg, name="self_attn")(
+            y, None, mask, deterministic=deterministic), x, deterministic)
+        return residual(cfg, "ffn", FeedForward(cfg, name="ffn"), x, deterministic)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self_attn, cross_attn over the encoder output, then ffn."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, memory: jax.Array, self_mask: jax.Array,
+                 cross_mask: jax.Array, deterministic: bool = True,
+                 decode: bool = False) -> jax.Array:
+        cfg = self.config
+        x = residual(cfg, "self_attn", lambda y: MultiHeadAttention(cfg, name="self_attn")(
+            y, None, self_mask, deterministic=deterministic, decode=decode), x, deterministic)
+        x = residual(cfg, "cross_attn", lambda y: MultiHeadAttention(
+            cfg, cross=True, name="cross_attn")(
+            y, memory, cross_mask, deterministic=deterministic, decode=decode), x, deterministic)
+        return residual(cfg, "ffn", FeedForward(cfg, name="ffn"), x, deterministic)
+
+
+class Encoder(nn.Module):
+    """embed -> layer_0..layer_{n-1} -> final_norm (pre-LN only); sows `output` [b, s, m]."""
+
+    config: TransformerConfig
+    shared: TokenTable | None = None
+
+    @nn.compact
+    def __call__(self, src: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        table = self.shared if self.shared is not None else TokenTable(cfg, "encoder",
+                                                                        name="embedding")
+        x = Embed(cfg, name="embed")(table(src), deterministic=deterministic)
+        mask = padding_mask(src, cfg.pad_id)  # [b, 1, 1, s]
+        for i in range(cfg.num_encoder_layers):
+            x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
+        if cfg.norm_position == "pre":
+            x = LayerNorm(cfg, name="final_norm")(x)
+        self.sow("intermediates", "output", x)
+        return x
+
+
+class OutputProjection(nn.Module):
+    """Logits: tied (the decoder's token table) or `kernel [m, v]`, plus optional `bias [v]`."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, table: TokenTable) -> jax.Array:
+        cfg = self.config
+        if cfg.tie_output:
+            logits = table.attend(x)  # [b, t, v]
+        else:
+            kernel = self.param("kernel", KERNEL_INIT, (cfg.d_model, cfg.tgt_vocab_size))
+            logits = jnp.einsum("btm,mv->btv", x, kernel)
+        if cfg.output_bias:
+            logits = logits + self.param("bias", nn.initializers.zeros, (cfg.tgt_vocab_size,))
+        return logits
+
+
+class Decoder(nn.Module):
+    """embed -> layers (causal self_attn, cross_attn, ffn) -> final_norm (pre-LN) -> logits;
+    sows `output` [b, t, m].  The output layer is owned by the Transformer (canonical `output/*`)."""
+
+    config: TransformerConfig
+    projection: OutputProjection
+    shared: TokenTable | None = None
+
+    @nn.compact
+    def __call__(self, encoded: jax.Array, src: jax.Array, tgt: jax.Array,
+                 deterministic: bool = True, decode: bool = False) -> jax.Array:
+        cfg = self.config
+        table = self.shared if self.shared is not None else TokenTable(cfg, "decoder",
+                                                                        name="embedding")
+        x = Embed(cfg, name="embed")(table(tgt), deterministic=deterministic, decode=decode)
+        self_mask = causal_mask(tgt.shape[1])        # [1, 1, t, t]
+        cross_mask = padding_mask(src, cfg.pad_id)   # [b, 1, 1, s]
+        for i in range(cfg.num_decoder_layers):
+            x = DecoderLayer(cfg, name=f"layer_{i}")(x, encoded, self_mask, cross_mask,
+                                                     deterministic=deterministic, decode=decode)
+        if cfg.norm_position == "pre":
+            x = LayerNorm(cfg, name="final_norm")(x)
+        self.sow("intermediates", "output", x)
+        return self.projection(x, table)  # [b, t, v]
+
+
+class Transformer(nn.Module):
+    """The whole model: `__call__(src, tgt)` -> logits `[b, t, v]`, or `encode` then `decode`.
+
+    `Transformer(config).apply({"params": params}, src, tgt, deterministic=False,
+    rngs={"dropout": key})` is the pure training forward; add `mutable=["intermediates"]` to
+    also get every sown intermediate."""
+
+    config: TransformerConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        shared = None
+        if cfg.share_embeddings:
+            self.shared_embedding = TokenTable(cfg, "encoder")
+            shared = self.shared_embedding
+        self.output = OutputProjection(cfg)
+        self.encoder = Encoder(cfg, shared=shared)
+        self.decoder = Decoder(cfg, projection=self.output, shared=shared)
+
+    def encode(self, src: jax.Array, deterministic: bool = True) -> jax.Array:
+        """`[b, s]` ids -> encoder output `[b, s, m]`."""
+        return self.encoder(src, deterministic=deterministic)
+
+    def decode(self, encoded: jax.Array, src: jax.Array, tgt: jax.Array,
+               deterministic: bool = True, decode: bool = False) -> jax.Array:
+        """Encoder output, its source ids (for the padding mask) and `[b, t]` decoder input ->
+        logits `[b, t, v]`; sows `logits`."""
+        logits = self.decoder(encoded, src, tgt, deterministic=deterministic, decode=decode)
+        self.sow("intermediates", "logits", logits)
+        return logits
+
+    def __call__(self, src: jax.Array, tgt: jax.Array, deterministic: bool = True) -> jax.Array:
+        return self.decode(self.encode(src, deterministic), src, tgt, deterministic)
