@@ -1,0 +1,110 @@
+"""Number translation with num2words: English number words -> German, French or Korean words.
+
+A toy translation task with real linguistic structure: German writes long compounds with
+inverted tens ("einundzwanzig"), French counts in twenties with hyphens ("quatre-vingt-dix"),
+Korean groups by ten thousand in Hangul ("이만 천" = 21000). Numbers are drawn without
+replacement from [0, max_number), so the held-out evaluation numbers never occur in training.
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
+from num2words import CONVERTER_CLASSES, num2words
+
+from .tokenizer import lang_token
+
+DEFAULT_MAX_NUMBER = 1_000_000
+Pair = tuple[str, str]
+
+
+def normalize(text: str) -> str:
+    """NFC, lowercase, no commas, single spaces: how every number text is written.
+
+    num2words writes "one hundred and twenty-three thousand, four hundred" (en) and
+    "eine Million" (de); the comma and the capital carry no information for the task.
+    """
+    text = unicodedata.normalize("NFC", text).lower().replace(",", " ")
+    return " ".join(text.split())
+
+
+def check_lang(lang: str, field: str = "lang") -> None:
+    if not isinstance(lang, str) or lang not in CONVERTER_CLASSES:
+        raise ValueError(f"{field}={lang!r} is not a num2words language; known languages: "
+                         f"{', '.join(sorted(CONVERTER_CLASSES))}")
+
+
+def number_words(n: int, lang: str) -> str:
+    """The normalised words of the integer `n` in `lang`, e.g. (21, "de") -> "einundzwanzig"."""
+    check_lang(lang)
+    return normalize(num2words(int(n), lang=lang))
+
+
+def number_pairs(*, train_size: int, eval_size: int, seed: int, src_lang: str = "en",
+                 tgt_langs: Sequence[str] = ("de",), max_number: int = DEFAULT_MAX_NUMBER
+                 ) -> tuple[list[Pair], list[Pair], np.ndarray, np.ndarray]:
+    """(train pairs, eval pairs, train numbers, eval numbers), deterministic from `seed`.
+
+    `train_size + eval_size` distinct numbers are drawn from [0, max_number); the first
+    `eval_size` are held out. With several `tgt_langs` the examples cycle through them and the
+    source starts with the target-language token: ("<2fr>twenty-one", "vingt et un").
+    """
+    for name, v in (("train_size", train_size), ("eval_size", eval_size), ("seed", seed),
+                    ("max_number", max_number)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name}={v!r} is invalid: expected a non-negative integer")
+    check_lang(src_lang, "src_lang")
+    tgt_langs = check_tgt_langs(tgt_langs)
+    if train_size + eval_size > max_number:
+        raise ValueError(
+            f"max_number={max_number} is too small: train_size={train_size} + eval_size="
+            f"{eval_size} distinct numbers must be drawn from [0, {max_number})")
+    rng = np.random.default_rng([seed, 1])
+    numbers = rng.choice(max_number, size=train_size + eval_size, replace=False)
+    eval_numbers, train_numbers = numbers[:eval_size], numbers[eval_size:]
+    return (_pairs(train_numbers, src_lang, tgt_langs), _pairs(eval_numbers, src_lang, tgt_langs),
+            train_numbers, eval_numbers)
+
+
+@functools.lru_cache(maxsize=32)
+def alphabet_texts(langs: tuple[str, ...], max_number: int = DEFAULT_MAX_NUMBER
+                   ) -> tuple[str, ...]:
+    """Texts that use every character the languages need below `max_number`.
+
+    The character vocabulary is built from these plus the training pairs, so it does not
+    depend on which numbers the seed drew: 0..1099 covers units, teens, tens and hundreds;
+    multiples of each power of ten cover the scale words (tausend, mille, 만, million, ...).
+    """
+    numbers = set(range(min(1100, max_number)))
+    power = 1000
+    while power < max_number:
+        numbers.update(k * power for k in range(1, 1000) if k * power < max_number)
+        numbers.add(power + 1)
+        power *= 10
+    return tuple(number_words(n, lang) for lang in langs for n in sorted(numbers))
+
+
+def check_tgt_langs(tgt_langs: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(tgt_langs, str):
+        tgt_langs = (tgt_langs,)
+    tgt_langs = tuple(tgt_langs)
+    if not tgt_langs:
+        raise ValueError("tgt_langs=() is empty: expected at least one target language")
+    if len(set(tgt_langs)) != len(tgt_langs):
+        raise ValueError(f"tgt_langs={tgt_langs!r} lists a language twice")
+    for lang in tgt_langs:
+        check_lang(lang, "tgt_langs")
+    return tgt_langs
+
+
+def _pairs(numbers: np.ndarray, src_lang: str, tgt_langs: tuple[str, ...]) -> list[Pair]:
+    multi = len(tgt_langs) > 1
+    pairs = []
+    for i, n in enumerate(numbers.tolist()):
+        lang = tgt_langs[i % len(tgt_langs)]
+        prefix = lang_token(lang) if multi else ""
+        pairs.append((prefix + number_words(n, src_lang), number_words(n, lang)))
+    return pairs
