@@ -29,7 +29,7 @@ from spec import (  # noqa: E402
 
 from . import runners, tolerances  # noqa: E402
 from .batch import make_batch  # noqa: E402
-from .report import Check, compare, format_table, write_json  # noqa: E402
+from .report import Check, compare, compare_tokens, format_table, interleave, write_json  # noqa: E402
 
 LABEL_SMOOTHING = 0.1
 
@@ -59,22 +59,85 @@ def load_model(args: argparse.Namespace) -> tuple[TransformerConfig, dict]:
 
 
 def forward_and_gradients(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
-    """Every intermediate and the logits, then the loss and every parameter's gradient."""
+    """Every intermediate and the logits, then the loss and every parameter's gradient, of the
+    torch mirror and the HF model against JAX.  HF's own `*_attentions` outputs are checked
+    against the JAX weights of the same canonical name."""
     b, s = batch["src"].shape
     order = list(intermediate_shapes(config, b, s, batch["tgt_in"].shape[1]))
     reference = runners.jax_forward(flat, config, batch)
     checks = compare("torch~jax", runners.torch_forward(flat, config, batch), reference,
                      tolerances.FORWARD, order)
+    hf = runners.hf_forward(flat, config, batch)
+    hf_outputs = {k.removeprefix("hf_output:"): v for k, v in hf.items()
+                  if k.startswith("hf_output:")}
+    checks += compare("hf~jax", {k: v for k, v in hf.items() if not k.startswith("hf_output:")},
+                      reference, tolerances.FORWARD, order)
+    attn_order = [n for n in order if n.endswith("/weights")]
+    checks += compare("hf~jax", hf_outputs, {n: reference[n] for n in attn_order},
+                      tolerances.FORWARD, attn_order, prefix="hf_output:")
+
     ref_loss, ref_grads = runners.jax_loss_and_grads(flat, config, batch, LABEL_SMOOTHING)
-    loss, grads = runners.torch_loss_and_grads(flat, config, batch, LABEL_SMOOTHING)
-    checks += compare("torch~jax", {"loss": loss}, {"loss": ref_loss}, tolerances.FORWARD)
-    checks += compare("torch~jax", grads, ref_grads, tolerances.GRADIENT,
-                      list(param_shapes(config)), prefix="grad/")
+    grad_order = list(param_shapes(config))
+    for pair, run in (("torch~jax", runners.torch_loss_and_grads),
+                      ("hf~jax", runners.hf_loss_and_grads)):
+        loss, grads = run(flat, config, batch, LABEL_SMOOTHING)
+        checks += compare(pair, {"loss": loss}, {"loss": ref_loss}, tolerances.FORWARD)
+        checks += compare(pair, grads, ref_grads, tolerances.GRADIENT, grad_order,
+                          prefix="grad/")
+    return interleave(checks)
+
+
+def marian(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
+    """HF's own MarianMT on the same weights, the config made Marian-compatible (split
+    positions; Marian is post-LN).  A config Marian cannot express is reported, not hidden."""
+    from hf_bridge.marian import marian_compatible
+
+    try:
+        config = marian_compatible(config.replace(positional_layout="split"))
+    except ValueError as e:
+        return [Check("marian", "marian~jax", (), float("nan"), float("nan"), True,
+                      f"skipped: {e}")]
+    b, s = batch["src"].shape
+    order = list(intermediate_shapes(config, b, s, batch["tgt_in"].shape[1]))
+    got = runners.marian_forward(flat, config, batch)
+    reference = runners.jax_forward(flat, config, batch)
+    return compare("marian~jax", got, {n: reference[n] for n in got if n in reference},
+                   tolerances.FORWARD, [n for n in order if n in got], prefix="marian:")
+
+
+DECODE_LEN = 8
+BEAM_SIZE = 3
+BEAM_ALPHA = 0.8  # not 1.0, so a wrong length-penalty exponent shows
+
+
+def decoding(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
+    """Greedy and beam tokens of torch and HF `generate` against JAX, and for JAX and torch
+    each step of the cached decode against one full causal forward over the decoded tokens."""
+    src = batch["src"]
+    checks = []
+    ref_greedy, jax_steps = runners.jax_decode(flat, config, src, DECODE_LEN, capture=True)
+    torch_greedy, torch_steps = runners.torch_decode(flat, config, src, DECODE_LEN, capture=True)
+    checks.append(compare_tokens("decode/greedy", "torch~jax", torch_greedy, ref_greedy))
+    checks.append(compare_tokens("decode/greedy", "hf~jax",
+                                 runners.hf_generate(flat, config, src, DECODE_LEN), ref_greedy))
+    ref_beam, _ = runners.jax_decode(flat, config, src, DECODE_LEN, BEAM_SIZE, BEAM_ALPHA)
+    torch_beam, _ = runners.torch_decode(flat, config, src, DECODE_LEN, BEAM_SIZE, BEAM_ALPHA)
+    checks.append(compare_tokens(f"decode/beam{BEAM_SIZE}", "torch~jax", torch_beam, ref_beam))
+    checks.append(compare_tokens(f"decode/beam{BEAM_SIZE}", "hf~jax",
+                                 runners.hf_generate(flat, config, src, DECODE_LEN, BEAM_SIZE,
+                                                     BEAM_ALPHA), ref_beam))
+    for pair, tokens, steps, forward in (
+            ("jax-cached~full", ref_greedy, jax_steps, runners.jax_forward),
+            ("torch-cached~full", torch_greedy, torch_steps, runners.torch_forward)):
+        cached, full = runners.cached_vs_full(flat, config, src, tokens, steps, forward)
+        checks += compare(pair, cached, full, tolerances.FORWARD, prefix="decode/")
     return checks
 
 
 SECTIONS: dict[str, Callable[[TransformerConfig, dict, dict], list[Check]]] = {
     "forward": forward_and_gradients,
+    "decoding": decoding,
+    "marian": marian,
 }
 
 

@@ -61,6 +61,15 @@ def compare(pair: str, candidate: Mapping[str, np.ndarray], reference: Mapping[s
     return checks
 
 
+def interleave(checks: list[Check]) -> list[Check]:
+    """Group rows of the same name together (torch~jax, then hf~jax, ...), keeping the order in
+    which names first appear, so the table still reads top-down like the model."""
+    first: dict[str, int] = {}
+    for c in checks:
+        first.setdefault(c.name, len(first))
+    return sorted(checks, key=lambda c: first[c.name])
+
+
 def compare_tokens(name: str, pair: str, candidate: np.ndarray, reference: np.ndarray) -> Check:
     """Decoded tokens must be identical; max_abs counts the positions that differ."""
     a, ref = np.asarray(candidate), np.asarray(reference)

@@ -56,7 +56,8 @@ def jax_adam_steps(flat: Flat, config: TransformerConfig, batches: list[Batch],
     history = []
     with jax.default_matmul_precision("highest"):
         for batch in batches:
-            state, _ = step(state, {k: jnp.asarray(v) for k, v in batch.items()})
+            micro = {k: jnp.asarray(v)[None] for k, v in batch.items()}  # [accum=1, b, len]
+            state, _ = step(state, micro)
             history.append(jax_model.to_canonical(state.params))
     return history
 
@@ -90,3 +91,154 @@ def torch_loss_and_grads(flat: Flat, config: TransformerConfig, batch: Batch, sm
     with torch_model.full_precision():
         loss.backward()
     return float(loss.detach()), model.canonical_grads()
+
+
+# -- Hugging Face model over the mirror ------------------------------------------------------
+def hf_model_from(flat: Flat, config: TransformerConfig, smoothing: float = 0.1):
+    from hf_bridge import TransformerLabForConditionalGeneration
+
+    return TransformerLabForConditionalGeneration.from_canonical(flat, config,
+                                                                 label_smoothing=smoothing)
+
+
+def _hf_attention_outputs(out, config: TransformerConfig) -> dict[str, np.ndarray]:
+    """HF's own `encoder_attentions` / `decoder_attentions` / `cross_attentions` under the
+    canonical names they correspond to, prefixed `hf_output:` so they never shadow a tap."""
+    named = {}
+    for field, side, sub in (("encoder_attentions", "encoder", "self_attn"),
+                             ("decoder_attentions", "decoder", "self_attn"),
+                             ("cross_attentions", "decoder", "cross_attn")):
+        for i, weights in enumerate(getattr(out, field) or ()):
+            named[f"hf_output:{side}/layer_{i}/{sub}/weights"] = weights.detach().numpy()
+    return named
+
+
+def hf_forward(flat: Flat, config: TransformerConfig, batch: Batch) -> dict[str, np.ndarray]:
+    """The taps (same canonical names as torch_model) plus HF's own attention outputs."""
+    import torch
+
+    import torch_model
+
+    model = hf_model_from(flat, config)
+    src = torch.as_tensor(batch["src"], dtype=torch.int64)
+    tgt = torch.as_tensor(batch["tgt_in"], dtype=torch.int64)
+    with torch.no_grad(), torch_model.full_precision(), torch_model.capture(model) as inter:
+        out = model(input_ids=src, decoder_input_ids=tgt, output_attentions=True)
+    return {**inter, **_hf_attention_outputs(out, config)}
+
+
+def hf_loss_and_grads(flat: Flat, config: TransformerConfig, batch: Batch, smoothing: float
+                      ) -> tuple[float, dict[str, np.ndarray]]:
+    """HF's own loss (`labels=`) and the gradient of every canonical parameter."""
+    import torch
+
+    import torch_model
+
+    model = hf_model_from(flat, config, smoothing)
+    as_ids = {k: torch.as_tensor(v, dtype=torch.int64) for k, v in batch.items()}
+    with torch_model.full_precision():
+        out = model(input_ids=as_ids["src"], decoder_input_ids=as_ids["tgt_in"],
+                    labels=as_ids["labels"])
+        out.loss.backward()
+    return float(out.loss.detach()), model.transformer.canonical_grads()
+
+
+# -- HF's own MarianMT -----------------------------------------------------------------------
+def marian_forward(flat: Flat, config: TransformerConfig, batch: Batch) -> dict[str, np.ndarray]:
+    """MarianMT's outputs under the canonical names they equal: logits, the per-layer attention
+    weights, and the hidden states (embedding output, each layer's output, the stack output)."""
+    import torch
+
+    from hf_bridge.marian import to_marian
+
+    model = to_marian(flat, config)
+    src = torch.as_tensor(batch["src"], dtype=torch.int64)
+    with torch.no_grad():
+        out = model(input_ids=src, attention_mask=(src != config.pad_id).long(),
+                    decoder_input_ids=torch.as_tensor(batch["tgt_in"], dtype=torch.int64),
+                    output_attentions=True, output_hidden_states=True)
+    named = {k.removeprefix("hf_output:"): v
+             for k, v in _hf_attention_outputs(out, config).items()}
+    for field, side in (("encoder_hidden_states", "encoder"),
+                        ("decoder_hidden_states", "decoder")):
+        states = getattr(out, field)
+        named[f"{side}/embed/output"] = states[0].numpy()
+        for i, state in enumerate(states[1:]):
+            named[f"{side}/layer_{i}/ffn_norm/output"] = state.numpy()  # post-LN layer output
+    named["encoder/output"] = out.encoder_last_hidden_state.numpy()
+    named["logits"] = out.logits.numpy()
+    return named
+
+
+# -- decoding --------------------------------------------------------------------------------
+def pad_after_eos(tokens: np.ndarray, config: TransformerConfig) -> np.ndarray:
+    """Everything after a row's first eos becomes pad_id (the contract's layout).
+
+    HF `generate` fills finished rows with `pad_token_id or eos_token_id`, i.e. with eos when
+    pad_id == 0, so its output is brought to the common layout before comparing."""
+    tokens = np.array(tokens)
+    after = np.cumsum(tokens == config.eos_id, axis=1) - (tokens == config.eos_id) > 0
+    tokens[after] = config.pad_id
+    return tokens
+
+
+def jax_decode(flat: Flat, config: TransformerConfig, src: np.ndarray, max_len: int,
+               beam_size: int = 1, alpha: float = 1.0, capture: bool = False):
+    import jax_model
+
+    params = jax_model.from_canonical(flat, config)
+    if beam_size == 1:
+        out = jax_model.greedy_decode(params, config, src, max_len, capture=capture)
+    else:
+        out = jax_model.beam_search(params, config, src, beam_size, max_len, alpha,
+                                    capture=capture)
+    tokens, inter = out if capture else (out, {})
+    return np.asarray(tokens), inter
+
+
+def torch_decode(flat: Flat, config: TransformerConfig, src: np.ndarray, max_len: int,
+                 beam_size: int = 1, alpha: float = 1.0, capture: bool = False):
+    import torch_model
+
+    model = torch_model_from(flat, config)
+    if beam_size == 1:
+        out = torch_model.greedy_decode(model, src, max_len, capture=capture)
+    else:
+        out = torch_model.beam_search(model, src, beam_size, max_len, alpha, capture=capture)
+    tokens, inter = out if capture else (out, {})
+    return tokens.numpy(), inter
+
+
+def hf_generate(flat: Flat, config: TransformerConfig, src: np.ndarray, max_len: int,
+                beam_size: int = 1, alpha: float = 1.0) -> np.ndarray:
+    """HF `generate()` with the contract's settings, start token stripped, padded to max_len."""
+    import torch
+
+    model = hf_model_from(flat, config)
+    src_t = torch.as_tensor(src, dtype=torch.int64)
+    with torch.no_grad():
+        out = model.generate(input_ids=src_t, attention_mask=src_t != config.pad_id,
+                             max_new_tokens=max_len, num_beams=beam_size, length_penalty=alpha,
+                             early_stopping=False, do_sample=False, num_return_sequences=1)
+    tokens = np.full((src.shape[0], max_len), config.pad_id, np.int64)
+    tokens[:, : out.shape[1] - 1] = out[:, 1:].numpy()
+    return pad_after_eos(tokens, config)
+
+
+def cached_vs_full(flat: Flat, config: TransformerConfig, src: np.ndarray, tokens: np.ndarray,
+                   steps: Mapping[str, np.ndarray], forward) -> tuple[dict, dict]:
+    """Per-step attention weights of a cached greedy decode against one full forward pass over
+    the decoded sequence: step n of the cache must equal row n of the full causal pass.
+
+    Returns two dicts keyed `{name}` -> `[b, h, n_steps, keys]` (cached, full)."""
+    tgt_in = np.concatenate([np.full((src.shape[0], 1), config.bos_id), tokens[:, :-1]], axis=1)
+    full = forward(flat, config, {"src": src, "tgt_in": tgt_in.astype(np.int32)})
+    cached, reference = {}, {}
+    for name, per_step in steps.items():
+        if not name.endswith("/weights"):
+            continue
+        n = per_step.shape[0]                                   # [n, b, h, 1, keys']
+        keys = full[name].shape[-1] if "cross_attn" in name else n
+        cached[name] = np.moveaxis(per_step[:, :, :, 0, :keys], 0, 2)  # [b, h, n, keys]
+        reference[name] = full[name][:, :, :n, :keys]
+    return cached, reference
