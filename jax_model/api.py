@@ -47,13 +47,18 @@ def init(config: TransformerConfig, seed: int = 0) -> Params:
     check_config(config)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    return _init_fn(config)(jax.random.PRNGKey(int(seed)))
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(config: TransformerConfig):
+    """One jitted init per config (compiling it costs far more than running it)."""
     dummy = jnp.zeros((1, 1), jnp.int32)  # shapes only: every param's shape is fixed by config
 
-    @jax.jit
     def make(key: jax.Array) -> Params:
         return Transformer(config).init({"params": key}, dummy, dummy)["params"]
 
-    return make(jax.random.PRNGKey(int(seed)))
+    return jax.jit(make)
 
 
 def to_canonical(params: Mapping) -> dict[str, np.ndarray]:
