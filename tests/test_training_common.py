@@ -1,0 +1,183 @@
+"""training/: the framework-free pieces every trainer shares (numpy only, no jax or torch)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import tasks
+import training
+from training import data
+
+
+def test_training_imports_no_framework():
+    import subprocess
+
+    code = ("import sys, training, training.data, training.evaluation; "
+            "print(sorted(m for m in ('jax', 'torch', 'flax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- metrics logger ----------------------------------------------------------------------------
+def test_logger_writes_one_json_line_per_step_and_resume_truncates(tmp_path):
+    with training.MetricsLogger(tmp_path, total_steps=5, progress=False) as log:
+        for step in range(1, 6):
+            log.log(step, {"loss": 1.0 / step, "learning_rate": np.float32(0.5)})
+        log.log(5, {"exact_match": 0.25}, split="eval")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    assert json.loads(lines[0]) == {"step": 1, "split": "train", "loss": 1.0,
+                                    "learning_rate": 0.5}
+    assert [r["step"] for r in training.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3,
+                                                                                      4, 5]
+    assert training.read_metrics(tmp_path / "metrics.jsonl", "eval") == [
+        {"step": 5, "split": "eval", "exact_match": 0.25}]
+    # A run resumed from step 3 drops what the killed run logged after it, then appends.
+    with training.MetricsLogger(tmp_path, resume_step=3, progress=False) as log:
+        log.log(4, {"loss": float("nan")})
+    records = training.read_metrics(tmp_path / "metrics.jsonl", None)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert math.isnan(records[-1]["loss"])
+    # A fresh (not resumed) run starts an empty file.
+    training.MetricsLogger(tmp_path, progress=False).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_logger_tensorboard_event_file_holds_the_scalars(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.proto.event_pb2 import Event
+
+    with training.MetricsLogger(tmp_path, tensorboard=True, progress=False) as log:
+        for step in (1, 2, 3):
+            log.log(step, {"loss": 2.0 * step})
+    (path,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    raw, scalars = path.read_bytes(), []
+    while raw:  # TFRecord: u64 length, u32 crc, payload, u32 crc
+        n = int.from_bytes(raw[:8], "little")
+        event = Event.FromString(raw[12:12 + n])
+        raw = raw[16 + n:]
+        scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    assert scalars == [(1, "train/loss", 2.0), (2, "train/loss", 4.0), (3, "train/loss", 6.0)]
+
+
+def test_logger_wandb_runs_offline_or_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install wandb"):
+            training.MetricsLogger(tmp_path, wandb=True, progress=False)
+        return
+    with training.MetricsLogger(tmp_path, wandb=True, wandb_project="t", progress=False) as log:
+        log.log(1, {"loss": 1.0})
+    assert any((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_progress_bar_counts_steps(tmp_path, capsys):
+    with training.MetricsLogger(tmp_path, total_steps=4, progress=True) as log:
+        log.advance(3, {"loss": 0.123456})
+        log.write("evaluated")
+    err = capsys.readouterr().err
+    assert "3/4" in err and "loss=0.1235" in err
+
+
+# -- non-finite guard --------------------------------------------------------------------------
+def test_guard_names_the_first_bad_step_and_the_kept_checkpoint():
+    training.check_finite([(1, 2.0), (2, 1.5)])
+    with pytest.raises(training.NonFiniteLossError) as info:
+        training.check_finite([(7, 1.0), (8, float("inf")), (9, float("nan"))], last_checkpoint=6)
+    err = info.value
+    assert (err.step, err.value, err.last_checkpoint) == (8, float("inf"), 6)
+    assert "at step 8" in str(err) and "step 6" in str(err)
+    assert "no checkpoint" in training.non_finite_message(3, float("nan"))
+
+
+# -- internals files ---------------------------------------------------------------------------
+def test_internals_round_trip_with_canonical_keys(tmp_path):
+    inter = {"encoder/layer_0/self_attn/weights": np.full((2, 4, 3, 3), 0.25, np.float64),
+             "logits": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}
+    src = np.array([[5, 6, 2]], np.int32)
+    path = training.save_internals(tmp_path, 40, inter, {"src": src})
+    assert path.name == "internals_step_40.npz"
+    training.save_internals(tmp_path, 5, {"logits": np.zeros(1)})
+    got, inputs = training.load_internals(path)
+    assert set(got) == set(inter)
+    assert got["encoder/layer_0/self_attn/weights"].dtype == np.float32  # floats stored f32
+    np.testing.assert_array_equal(got["logits"], inter["logits"])
+    np.testing.assert_array_equal(inputs["src"], src)
+    assert [s for s, _ in training.list_internals(tmp_path)] == [5, 40]  # numeric order
+    assert not list(tmp_path.glob(".internals*"))  # no temporary file left behind
+
+
+def test_internals_reject_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="step must be"):
+        training.save_internals(tmp_path, -1, {"logits": np.zeros(1)})
+    with pytest.raises(ValueError, match="empty"):
+        training.save_internals(tmp_path, 1, {})
+    with pytest.raises(ValueError, match="reserved prefix"):
+        training.save_internals(tmp_path, 1, {"inputs/src": np.zeros(1)})
+
+
+# -- the step plan -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def copy_task():
+    return tasks.build_task("copy", train_size=20, eval_size=6, seed=3, max_len=8)
+
+
+def test_step_plan_resumes_exactly_across_epochs(copy_task):
+    per_epoch = data.batches_per_epoch(copy_task, "train", 4)
+    assert per_epoch == 5
+    assert data.total_steps(0, 3, per_epoch, 2) == 7  # 15 micro-batches, pairs of 2
+    assert data.total_steps(11, 3, per_epoch, 2) == 11
+    full = data.step_batches(copy_task, "train", 4, 2, 0, per_epoch)
+    steps = [next(full) for _ in range(8)]  # 16 micro-batches: runs into epoch 3
+    assert [s for s, _ in steps] == list(range(1, 9))
+    epoch1 = list(copy_task.batches("train", 4, 1, 0, 0))
+    np.testing.assert_array_equal(steps[2][1][1]["src"], epoch1[0]["src"])  # batch 5 = e1 b0
+    for start in (1, 2, 5):
+        resumed = data.step_batches(copy_task, "train", 4, 2, 0, per_epoch, start)
+        for want in steps[start:start + 3]:
+            got = next(resumed)
+            assert got[0] == want[0]
+            for a, b in zip(got[1], want[1]):
+                for key in data.BATCH_KEYS:
+                    np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_pad_batch_and_stack_fix_the_shapes(copy_task):
+    batch = next(copy_task.batches("eval", 4, 0, 0, 0))
+    fixed = data.pad_batch(batch, 6, 9, 10, 0)
+    assert fixed["src"].shape == (6, 9) and fixed["labels"].shape == (6, 10)
+    np.testing.assert_array_equal(fixed["src"][:4, :batch["src"].shape[1]], batch["src"])
+    assert (fixed["labels"][4:] == 0).all() and (fixed["src"][:, batch["src"].shape[1]:] == 0).all()
+    assert data.stack([fixed, fixed])["tgt_in"].shape == (2, 6, 10)
+    with pytest.raises(ValueError, match=r"batch\['src'\] has shape"):
+        data.pad_batch(batch, 2, 9, 10, 0)
+    assert data.fixed_lengths(copy_task, ("train", "eval"), 4, 0, 64) == copy_task.max_lengths()
+    with pytest.raises(ValueError, match="max_len=3"):
+        data.fixed_lengths(copy_task, ("train",), 4, 0, 3)
+
+
+# -- evaluation glue ---------------------------------------------------------------------------
+def test_eval_accumulator_exact_means_and_string_metrics(copy_task):
+    acc = training.EvalAccumulator(copy_task)
+    batch = next(copy_task.batches("eval", 3, 0, 0, 0))
+    right = batch["labels"]
+    wrong = right.copy()
+    wrong[0, 0] = right[0, 1] if right[0, 1] != right[0, 0] else 5  # one row differs
+    acc.add(6.0, 4, 3, hypotheses=right, labels=batch["labels"])
+    acc.add(2.0, 12, 3, hypotheses=wrong, labels=batch["labels"])
+    out = acc.result()
+    assert out["loss"] == pytest.approx(8.0 / 16)  # token-weighted, not a mean of means
+    assert out["token_accuracy"] == pytest.approx(6 / 16)
+    assert out["exact_match"] == pytest.approx(5 / 6)
+    assert 0 < out["bleu"] < 100 and set(out) == {"loss", "token_accuracy", "exact_match",
+                                                   "bleu", "chrf"}
+    assert copy_task.decode_batch(right) == copy_task.references("eval")[:3]
+    with pytest.raises(ValueError, match="no non-pad label"):
+        training.EvalAccumulator(copy_task).result()

@@ -1,0 +1,18 @@
+"""What every trainer shares, framework-free (numpy only): metrics logging, the non-finite loss
+guard, the `internals_step_<N>.npz` writer, the step-to-batch plan and evaluation glue.
+
+The JAX trainer (`jax_model.train`), the plain torch loop and the HF Trainer all use these, so
+their output folders look the same: `metrics.jsonl`, optional `tensorboard/`, `internals_step_
+<N>.npz`, and the same error message when the loss stops being finite.
+"""
+
+from .evaluation import EvalAccumulator
+from .guard import NonFiniteLossError, check_finite, non_finite_message
+from .internals import INPUT_PREFIX, internals_path, list_internals, load_internals, save_internals
+from .logger import MetricsLogger, read_metrics
+
+__all__ = [
+    "EvalAccumulator", "INPUT_PREFIX", "MetricsLogger", "NonFiniteLossError", "check_finite",
+    "internals_path", "list_internals", "load_internals", "non_finite_message", "read_metrics",
+    "save_internals",
+]

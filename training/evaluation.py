@@ -1,0 +1,50 @@
+"""Evaluation glue: combine per-batch sums and decoded texts into one set of metrics.
+
+A trainer runs its framework's teacher-forced loss and greedy decoding batch by batch and hands
+numpy results to `EvalAccumulator`, which turns them into `loss` and `token_accuracy` (exact
+means over every non-pad label of the split, not means of batch means) and, on the decoded
+texts, `exact_match`, `bleu` and `chrf` from `tasks.metrics` (sacrebleu).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class EvalAccumulator:
+    """Collects one evaluation pass.  `tokenizer` needs `decode_batch(rows) -> list[str]`
+    stopping at eos and dropping special tokens (a `tasks.Task` or `tasks.TaskTokenizer`)."""
+
+    def __init__(self, tokenizer: Any, pad_id: int = 0) -> None:
+        self.tokenizer, self.pad_id = tokenizer, pad_id
+        self.loss_sum, self.tokens, self.correct = 0.0, 0, 0
+        self.predictions: list[str] = []
+        self.references: list[str] = []
+
+    def add(self, loss_sum: float, tokens: int, correct: int, *,
+            hypotheses: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
+        """One batch: the summed per-token loss, the non-pad label count, the argmax hits, and
+        optionally greedy `hypotheses [b, l]` with the `labels [b, t]` they should match."""
+        self.loss_sum += float(loss_sum)
+        self.tokens += int(tokens)
+        self.correct += int(correct)
+        if hypotheses is not None:
+            if labels is None or len(hypotheses) != len(labels):
+                raise ValueError(f"hypotheses need labels row for row: got "
+                                 f"{None if labels is None else len(labels)} label rows for "
+                                 f"{len(hypotheses)} hypotheses")
+            self.predictions += self.tokenizer.decode_batch(np.asarray(hypotheses))
+            self.references += self.tokenizer.decode_batch(np.asarray(labels))
+
+    def result(self) -> dict[str, float]:
+        """{loss, token_accuracy} and, when texts were added, {exact_match, bleu, chrf}."""
+        if self.tokens == 0:
+            raise ValueError("the evaluation saw no non-pad label: is the split empty?")
+        out = {"loss": self.loss_sum / self.tokens, "token_accuracy": self.correct / self.tokens}
+        if self.predictions:
+            from tasks.metrics import string_metrics
+
+            out.update(string_metrics(self.predictions, self.references))
+        return out
