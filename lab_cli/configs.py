@@ -1,0 +1,93 @@
+"""Flags -> the task, `spec.TransformerConfig` and `spec.TrainConfig` every version trains with.
+
+All versions of one command share these three objects, so `--version both` trains the same
+model on the same batches with the same optimisation; only the framework differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+import spec
+import tasks
+from training import data as train_data
+
+# About this many `internals_step_<N>.npz` captures per run when --track_every is not given.
+TRACKED_CAPTURES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """What every version of one command trains: data, model, optimisation, run length."""
+
+    task: tasks.Task
+    model: spec.TransformerConfig
+    train: spec.TrainConfig
+    total_steps: int
+
+
+def build_task(args: argparse.Namespace) -> tasks.Task:
+    return tasks.build_task(
+        args.task, train_size=args.train_size, eval_size=args.eval_size, max_len=args.max_len,
+        seed=args.seed, src_lang=args.src_lang, tgt_langs=args.tgt_lang, path=args.data,
+        eval_path=args.eval_data, tokenizer=args.tokenizer)
+
+
+def model_config(args: argparse.Namespace, task: tasks.Task) -> spec.TransformerConfig:
+    """The flags' model on the task's vocabulary, special ids and sequence lengths."""
+    overrides = dict(d_model=args.hidden_size, num_heads=args.num_heads,
+                     num_encoder_layers=args.num_layers, num_decoder_layers=args.num_layers,
+                     d_ff=args.d_ff or 4 * args.hidden_size, dropout_rate=args.dropout,
+                     norm_position=args.norm_position, activation=args.activation)
+    if args.max_len is not None:
+        overrides["max_len"] = args.max_len
+    else:
+        # Room for the longest sequence and for decoding a little past it.
+        overrides["max_len"] = max(max(task.max_lengths()) + 8, 16)
+    return task.model_config(None, **overrides)
+
+
+def setup(args: argparse.Namespace) -> RunSetup:
+    """Build everything; ValueError (naming a field) when a flag value is not usable."""
+    task = build_task(args)
+    model = model_config(args, task)
+    per_epoch = task.steps_per_epoch("train", args.batch_size)
+    total = train_data.total_steps(args.max_steps, args.epochs, per_epoch,
+                                   args.gradient_accumulation_steps)
+    track = 0
+    if args.track_internals or args.visualize:
+        track = args.track_every or max(1, total // TRACKED_CAPTURES)
+    train = spec.TrainConfig(
+        learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
+        label_smoothing=args.label_smoothing, batch_size=args.batch_size, epochs=args.epochs,
+        max_steps=args.max_steps, grad_accum_steps=args.gradient_accumulation_steps,
+        clip_norm=args.clip_norm, mixed_precision=args.mixed_precision, seed=args.seed,
+        log_every=min(args.log_every, total), eval_every=args.eval_every,
+        track_internals_every=track)
+    setup = RunSetup(task, model, train, total)
+    preflight(args, setup)
+    return setup
+
+
+def preflight(args: argparse.Namespace, setup: RunSetup) -> None:
+    """Flag combinations a trainer would only reject after starting: ValueError naming them."""
+    if "jax" in args.versions and setup.train.mixed_precision == "fp16":
+        raise ValueError("mixed_precision='fp16' is not supported by the JAX trainer (it needs "
+                         "loss scaling): use --mixed_precision bf16")
+    if args.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ValueError("argument --wandb: the wandb package is not installed "
+                             "(pip install wandb)") from None
+        os.environ.setdefault("WANDB_MODE", "online" if _wandb_logged_in() else "offline")
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")

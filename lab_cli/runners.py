@@ -1,0 +1,61 @@
+"""Train one version with its own trainer, from the run's shared initial weights.
+
+JAX: `jax_model.train.train` (its initial weights are `jax_model.init(config, seed)`, the same
+canonical weights `models.initial_weights` gives).  PyTorch: `torch_model.train.train`;
+Hugging Face: `hf_bridge.trainer.train`; both get the canonical initial weights as `params`.
+`--dataloader_num_workers` reaches the HF Trainer's DataLoader; the JAX trainer and the plain
+torch loop make their numpy batches in-process.
+Every trainer writes `metrics.jsonl`, `internals_step_<N>.npz` and `final/` into its folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from spec import load_checkpoint
+
+from .configs import RunSetup
+
+
+@dataclasses.dataclass
+class RunResult:
+    """A finished training run: where it wrote, its final weights and metrics."""
+
+    version: str
+    run_dir: Path
+    final_weights: dict[str, Any]
+    eval_metrics: dict[str, float]
+    steps: int
+    seconds: float
+
+
+def train(version: str, setup: RunSetup, initial: dict[str, Any], run_dir: Path,
+          args: argparse.Namespace) -> RunResult:
+    """Run `version`'s trainer into `run_dir`; the final weights are read back from `final/`."""
+    start = time.perf_counter()
+    common = dict(resume=args.resume, wandb=args.wandb, wandb_project=args.wandb_project,
+                  progress=not args.quiet)
+    if version == "jax":
+        from jax_model.train import train as jax_train
+
+        result = jax_train(setup.model, setup.train, setup.task, run_dir, **common)
+    elif version == "pytorch":
+        from torch_model.train import train as torch_train
+
+        result = torch_train(setup.model, setup.train, setup.task, run_dir, params=initial,
+                             **common)
+    elif version == "huggingface":
+        from hf_bridge.trainer import train as hf_train
+
+        result = hf_train(setup.model, setup.train, setup.task, run_dir, params=initial,
+                          dataloader_num_workers=args.dataloader_num_workers, **common)
+    else:
+        raise ValueError(f"version={version!r} has no trainer: expected jax, pytorch or "
+                         f"huggingface")
+    flat, _ = load_checkpoint(Path(result.final_checkpoint))
+    return RunResult(version, Path(run_dir), flat, dict(result.eval_metrics), int(result.steps),
+                     time.perf_counter() - start)

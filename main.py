@@ -1,0 +1,45 @@
+"""The tutorial's command line: train, compare and look inside the Transformer.
+
+    python main.py --version jax                       # the Flax reference (default)
+    python main.py --version both --epochs 3 --debug --track_internals --visualize
+    python main.py --version huggingface --batch_size 8 --gradient_accumulation_steps 4
+    python main.py --version analysis                  # a one-minute demo of the analysis tools
+    MPLBACKEND=Agg python main.py --visualize          # headless plotting
+
+`python main.py --help` lists every flag.  The work is done in `lab_cli` (see its modules);
+this file only parses the flags and turns a bad value into argparse's one-line error.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from lab_cli.args import build_parser, flag_error, parse_args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command `argv` (default: sys.argv[1:]); returns the exit status.
+
+    Bad flag values exit with status 2 and one `main.py: error: ...` line, as argparse does.
+    """
+    args = parse_args(argv)
+    if args.version == "analysis":
+        from analysis import demo
+
+        demo.run(args.output_dir, seed=args.seed)
+        return 0
+    from lab_cli import configs
+
+    try:
+        setup = configs.setup(args)
+    except ValueError as e:
+        build_parser().error(flag_error(e))
+    from lab_cli import app
+
+    app.run_setup(args, setup)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

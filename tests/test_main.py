@@ -1,0 +1,282 @@
+"""The command line (`main.py`, `lab_cli`): flags, results folders, --debug, both/all.
+
+Runs `main.main(argv)` in-process on tiny settings (64 training pairs, d_model 32, one layer,
+one epoch).  The default suite checks the flag errors, the configs built from the flags, one
+JAX run with every output switched on, and a JAX-vs-PyTorch `both` run; the other versions,
+`all`, the analysis demo and the determinism check are marked slow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main
+import spec
+from lab_cli import args as cli_args
+from lab_cli import configs
+
+TINY = ["--train_size", "64", "--eval_size", "16", "--hidden_size", "32", "--num_layers", "1",
+        "--num_heads", "2", "--epochs", "1", "--batch_size", "16", "--quiet"]
+# SEED.md "Outputs a run writes", plus this project's additions (with --visualize).
+SEED_FILES = [
+    "training_curves.png", "analysis_report.json",
+    "visualizations/attention/attention_evolution.png",
+    "visualizations/attention/multihead_comparison.png",
+    "visualizations/qkv/qkv_evolution.png", "visualizations/qkv/layer_contributions.png",
+    "visualizations/qkv/gradient_flow.png",
+]
+OWN_FILES = ["metrics.jsonl", "final/config.json", "final/model.safetensors",
+             "final/tokenizer.json", "report.html", "summary.json", "translations.json",
+             "translation_cross_attention.png", "internals_step_0.npz"]
+REPORT_KEYS = {"schema_version", "model", "inputs", "loss", "qkv_statistics",
+               "attention_patterns", "layer_contributions", "gradient_flow"}
+
+
+def run_main(argv: list[str]) -> str:
+    """Run main(argv) in-process; returns what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main.main(argv) == 0
+    return out.getvalue()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the PNG header; fails on anything that is not a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_image(path: Path) -> None:
+    width, height = png_size(path)
+    assert width >= 200 and height >= 150, f"{path} is only {width}x{height}"
+    assert path.stat().st_size > 5_000, f"{path} is nearly empty ({path.stat().st_size} bytes)"
+
+
+def assert_run_folder(folder: Path, version: str, visualize: bool = True) -> dict:
+    """The files of one version's results folder, and that their contents make sense."""
+    names = (SEED_FILES + OWN_FILES) if visualize else [
+        "metrics.jsonl", "final/config.json", "final/model.safetensors", "analysis_report.json",
+        "summary.json", "translations.json"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    assert not missing, f"{folder} lacks {missing}"
+    if visualize:
+        heatmaps = sorted(folder.glob("attention_weights_*.png"))
+        assert len(heatmaps) == 3, heatmaps  # encoder self, decoder self, decoder cross
+        steps = sorted(folder.glob("visualizations/attention/attention_step_*.png"))
+        assert [p.name for p in steps][:1] == ["attention_step_0.png"]
+        assert len(steps) >= 2
+        for png in [folder / n for n in SEED_FILES + OWN_FILES if n.endswith(".png")] \
+                + heatmaps + steps:
+            assert_image(png)
+        assert "<html" in (folder / "report.html").read_text(encoding="utf-8")
+
+    report = json.loads((folder / "analysis_report.json").read_text(encoding="utf-8"))
+    assert REPORT_KEYS <= set(report)
+    assert report["model"]["config"]["d_model"] == 32
+    assert math.isfinite(report["loss"]) and report["loss"] > 0
+
+    records = [json.loads(line) for line in
+               (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, len(train) + 1))
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
+    evals = [r for r in records if r["split"] == "eval"]
+    assert evals and 0.0 <= evals[-1]["exact_match"] <= 1.0
+
+    flat, config = spec.load_checkpoint(folder / "final")
+    assert (config.d_model, config.num_encoder_layers, config.num_decoder_layers) == (32, 1, 1)
+    assert set(flat) == set(spec.param_shapes(config))
+
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert summary["version"] == version
+    assert summary["steps"] == len(train) == 4  # 64 pairs / batch 16, one epoch
+    assert summary["eval_metrics"]["exact_match"] == evals[-1]["exact_match"]
+    translations = json.loads((folder / "translations.json").read_text(encoding="utf-8"))
+    assert len(translations) == 8
+    assert {"source", "reference", "greedy", "beam_4", "correct"} <= set(translations[0])
+    return summary
+
+
+# -- flags -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, flag", [
+    (["--epochs", "0"], "--epochs"),
+    (["--batch_size", "two"], "--batch_size"),
+    (["--version", "tensorflow"], "--version"),
+    (["--hidden_size", "30", "--num_heads", "4"], "--hidden_size/--num_heads"),
+    (["--tgt_lang", "xx"], "--tgt_lang"),
+    (["--tgt_lang", "de,de"], "--tgt_lang"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--lr", "-1"], "--lr"),
+    (["--task", "corpus"], "--data"),
+    (["--data", "pairs.tsv"], "--data"),
+    (["--max_len", "5"], "--max_len"),
+    (["--mixed_precision", "fp16"], "--mixed_precision"),
+    (["--versions", "jax,pytorch"], "--versions"),
+    (["--version", "both", "--versions", "jax"], "--versions"),
+    (["--version", "all", "--versions", "jax,mxnet"], "--versions"),
+])
+def test_bad_flag_values_exit_2_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(argv + ["--train_size", "16", "--eval_size", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("main.py: error: argument " + flag), last
+    assert "Traceback" not in err
+
+
+def test_flags_build_the_configs():
+    args = cli_args.parse_args(["--hidden_size", "48", "--num_layers", "3", "--num_heads", "4",
+                                "--train_size", "40", "--eval_size", "8", "--epochs", "2",
+                                "--batch_size", "8", "--track_internals", "--lr", "0.5",
+                                "--warmup_steps", "7", "--gradient_accumulation_steps", "2",
+                                "--tgt_lang", "de,fr", "--seed", "3"])
+    setup = configs.setup(args)
+    c, t = setup.model, setup.train
+    assert (c.d_model, c.num_heads, c.num_encoder_layers, c.num_decoder_layers, c.d_ff) == \
+        (48, 4, 3, 3, 192)
+    assert (t.learning_rate, t.warmup_steps, t.grad_accum_steps, t.batch_size, t.seed) == \
+        (0.5, 7, 2, 8, 3)
+    assert setup.total_steps == 2 * 5 // 2  # 40 pairs / 8 = 5 batches, 2 epochs, 2 per update
+    assert t.track_internals_every == 1  # about 8 captures: max(1, 5 // 8)
+    assert setup.task.info["tgt_langs"] == ["de", "fr"]
+    sources = [s for s, _ in setup.task.pairs("train")]
+    assert {s[:5] for s in sources} == {"<2de>", "<2fr>"}  # one multilingual model
+    assert c.max_len >= max(setup.task.max_lengths())
+    assert args.output_dir == "results_jax" and args.versions == ("jax",)
+
+
+def test_version_defaults():
+    assert cli_args.parse_args(["--version", "both"]).versions == ("jax", "pytorch")
+    assert cli_args.parse_args(["--version", "all"]).versions == ("jax", "pytorch",
+                                                                  "huggingface")
+    both = cli_args.parse_args(["--version", "both", "--versions", "pytorch,huggingface"])
+    assert both.versions == ("pytorch", "huggingface") and both.output_dir == "results_both"
+    assert cli_args.parse_args([]).track_internals is False
+
+
+def test_flag_error_names_flags_not_fields():
+    message = cli_args.flag_error(ValueError("config field d_model=30 is not divisible by "
+                                             "num_heads=4: each head needs ..."))
+    assert message.startswith("argument --hidden_size/--num_heads: config field d_model=30")
+    assert cli_args.flag_error(ValueError("something else")) == "something else"
+
+
+# -- one JAX run with everything on ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def jax_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("jax") / "results_jax"
+    printed = run_main(["--version", "jax", *TINY, "--output_dir", str(folder), "--visualize",
+                        "--track_internals", "--debug"])
+    return folder, printed
+
+
+def test_jax_run_writes_the_seed_outputs(jax_run):
+    folder, _ = jax_run
+    summary = assert_run_folder(folder, "jax")
+    captured = sorted(int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("internals_step_*.npz"))
+    assert captured == [0, 1, 2, 3, 4]  # every step: 4 steps // 8 captures -> every 1
+    assert summary["train_config"]["track_internals_every"] == 1
+
+
+def test_debug_prints_the_qkv_trace_with_shapes(jax_run):
+    _, printed = jax_run
+    assert "=== --debug: jax forward pass, initial weights" in printed
+    assert "=== Multi-Head Attention Forward Pass: encoder/layer_0/self_attn ===" in printed
+    lines = printed.splitlines()
+    q_proj = next(line for line in lines if "Q after W_q" in line)
+    q_heads = next(line for line in lines if "Q reshaped" in line)
+    # the sample batch is two training examples; d_model 32 = 2 heads x 16
+    assert q_proj.split(":")[1].strip().startswith("[2, ") and ", 32], mean:" in q_proj
+    assert q_heads.split(":")[1].strip().startswith("[2, 2, ") and ", 16], mean:" in q_heads
+    assert any(line.strip().startswith("after ReLU") for line in lines)
+    assert any(line.strip().startswith("after LayerNorm") for line in lines)
+    assert "decoder/layer_0/cross_attn" in printed and "logits: [2, " in printed
+
+
+def test_run_prints_metrics_and_translations(jax_run):
+    _, printed = jax_run
+    assert "jax: 4 steps in" in printed and "exact_match" in printed
+    assert "(reference '" in printed
+
+
+# -- both: the same weights in two frameworks ---------------------------------------------------
+def test_both_starts_from_the_same_weights_and_prints_the_differences(tmp_path):
+    folder = tmp_path / "results_both"
+    printed = run_main(["--version", "both", *TINY, "--dropout", "0", "--max_steps", "2",
+                        "--output_dir", str(folder), "--beam_size", "1"])
+    assert "=== jax vs pytorch ===" in printed
+    assert "same initial weights:" in printed and "training loss:" in printed
+    report = json.loads((folder / "comparison.json").read_text(encoding="utf-8"))
+    pair = report["pairs"][0]
+    assert pair["versions"] == ["jax", "pytorch"]
+    initial = pair["initial_intermediates"]
+    assert initial["names"] > 50 and not initial["shape_mismatches"]
+    assert initial["missing"] == {"jax": [], "pytorch": []}
+    assert initial["max_normalized"] < 1e-5  # float32 rounding only
+    # No dropout, the same batches: the first loss is the same forward in both frameworks.
+    assert pair["loss"]["steps"] == 2 and pair["loss"]["first_abs_diff"] < 1e-5
+    assert pair["final_intermediates"]["max_normalized"] < 1e-3
+    assert pair["greedy_outputs"]["compared"] == 16
+    for version in ("jax", "pytorch"):
+        assert (folder / version / "final" / "model.safetensors").is_file()
+        assert (folder / version / "analysis_report.json").is_file()
+
+
+# -- slow: the other versions, all, the demo, determinism ---------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["pytorch", "huggingface"])
+def test_torch_and_hf_runs_write_the_seed_outputs(version, tmp_path):
+    folder = tmp_path / f"results_{version}"
+    printed = run_main(["--version", version, *TINY, "--output_dir", str(folder),
+                        "--visualize", "--debug"])
+    assert_run_folder(folder, version)
+    assert f"=== --debug: {version} forward pass" in printed
+
+
+@pytest.mark.slow
+def test_all_compares_three_versions(tmp_path):
+    folder = tmp_path / "results_all"
+    printed = run_main(["--version", "all", *TINY, "--dropout", "0", "--output_dir",
+                        str(folder), "--visualize"])
+    for version in ("jax", "pytorch", "huggingface"):
+        assert_run_folder(folder / version, version)
+    assert "=== jax vs pytorch ===" in printed and "=== jax vs huggingface ===" in printed
+    report = json.loads((folder / "comparison.json").read_text(encoding="utf-8"))
+    for pair in report["pairs"]:
+        assert pair["initial_intermediates"]["max_normalized"] < 1e-5
+        assert pair["loss"]["first_abs_diff"] < 1e-5
+    assert_image(folder / "jax_vs_huggingface" / "visualizations" / "parity"
+                 / "intermediate_errors.png")
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        run_main(["--version", "jax", *TINY, "--output_dir", str(tmp_path / name)])
+        runs.append((tmp_path / name / "metrics.jsonl").read_text(encoding="utf-8"))
+        flat, _ = spec.load_checkpoint(tmp_path / name / "final")
+        runs.append(flat)
+    assert runs[0] == runs[2]
+    for key in runs[1]:
+        np.testing.assert_array_equal(runs[1][key], runs[3][key])
+
+
+@pytest.mark.slow
+def test_analysis_demo(tmp_path):
+    folder = tmp_path / "results_analysis"
+    run_main(["--version", "analysis", "--output_dir", str(folder)])
+    for name in SEED_FILES + ["report.html"]:
+        assert (folder / name).is_file(), name
+    assert_image(folder / "visualizations" / "attention" / "attention_evolution.png")
