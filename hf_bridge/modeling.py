@@ -294,6 +294,9 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
         cfg = self.config
 
         if labels is not None:
+            # -100 is HF's "no label": checked and ignored like pad
+            check_token_array("labels", labels.masked_fill(labels == IGNORE_INDEX, cfg.pad_id),
+                              cfg.tgt_vocab_size, cfg.max_len)
             use_cache = False  # a training forward: no cache to build
             if decoder_input_ids is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
@@ -327,7 +330,9 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
 
         loss = None
         if labels is not None:
-            self._check_labels(labels, logits)
+            if tuple(labels.shape) != tuple(logits.shape[:2]):
+                raise ValueError(f"labels has shape {tuple(labels.shape)}, expected "
+                                 f"{tuple(logits.shape[:2])} (that of decoder_input_ids)")
             targets = labels.masked_fill(labels == IGNORE_INDEX, cfg.pad_id)
             # mean over non-pad labels of the smoothed cross-entropy (spec.loss semantics)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
@@ -346,15 +351,6 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
             **{CACHE_FIELD: cache if use_cache else None},
         )
         return out if return_dict else out.to_tuple()
-
-    def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor) -> None:
-        if tuple(labels.shape) != tuple(logits.shape[:2]):
-            raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])} "
-                             f"(that of the decoder input)")
-        valid = labels[labels != IGNORE_INDEX]
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.config.tgt_vocab_size):
-            raise ValueError(f"labels hold ids outside the vocabulary [0, {self.config.tgt_vocab_size}) "
-                             f"(use {IGNORE_INDEX} or pad_id={self.config.pad_id} for no label)")
 
 
 AutoModelForSeq2SeqLM.register(TransformerLabConfig, TransformerLabForConditionalGeneration,
