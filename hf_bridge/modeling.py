@@ -10,8 +10,9 @@ class adds is the transformers side: `Seq2SeqLMOutput`, the loss, HF's own `Enco
 Masks.  The model masks source keys equal to `pad_id` (the contract).  `attention_mask` is
 therefore redundant; when given it must equal `input_ids != pad_id` (ValueError naming
 `attention_mask` otherwise, never a silently different result).  With `encoder_outputs` and no
-`input_ids` (generation after the first step) `attention_mask` *is* the source key mask.  The
-decoder self-attention is causal only; `decoder_attention_mask` may only mark right padding
+`input_ids` (generation after the first step) the mask comes from the encoder output's
+`key_mask` (see `TransformerLabEncoderOutput`), or from `attention_mask` when the encoder
+output is a plain tuple or `BaseModelOutput`.  The decoder self-attention is causal only; `decoder_attention_mask` may only mark right padding
 (ones, then zeros), which cannot change a real position, and anything else raises ValueError.
 
 Hidden states follow BART's convention: the embedding output, then each layer's output, the
@@ -138,7 +139,11 @@ class TransformerLabEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> BaseModelOutput | tuple:
+                return_dict: bool | None = None) -> TransformerLabEncoderOutput | tuple:
+        """input_ids [b, s] -> TransformerLabEncoderOutput (a tuple when return_dict=False).
+
+        No `**kwargs`: `generate()` passes the encoder only the arguments its signature names.
+        """
         out = self._model.encode(input_ids, attention_mask, output_attentions,
                                  output_hidden_states)
         return out if return_dict is not False else out.to_tuple()
@@ -151,6 +156,10 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
     (starting with `decoder_start_token_id` = bos_id) or `labels` [b, t] (then the decoder
     input is built by shifting right, as Marian does).  Logits are [b, t, tgt_vocab_size].
     """
+
+    # the loss is a mean over this batch's non-pad labels and `num_items_in_batch` is not taken,
+    # so a stock `Trainer` must divide by the accumulation steps itself (it does when False)
+    accepts_loss_kwargs = False
 
     def __init__(self, config: TransformerLabConfig) -> None:
         if not isinstance(config, TransformerLabConfig):

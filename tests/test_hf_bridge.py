@@ -146,6 +146,8 @@ def test_forward_is_the_mirror_with_the_same_taps(name):
     with torch.no_grad(), torch_model.capture(hf) as inter:
         out = hf(input_ids=src, decoder_input_ids=tgt)
     assert torch.equal(out.logits, ref.detach())  # the same modules, the same arithmetic
+    as_tuple = hf(input_ids=src, decoder_input_ids=tgt, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.logits)
     b, s = src.shape
     assert list(inter) == list(ref_inter)
     assert set(inter) == set(intermediate_shapes(config, b, s, tgt.shape[1]))
