@@ -171,17 +171,6 @@ def marian_forward(flat: Flat, config: TransformerConfig, batch: Batch) -> dict[
 
 
 # -- decoding --------------------------------------------------------------------------------
-def pad_after_eos(tokens: np.ndarray, config: TransformerConfig) -> np.ndarray:
-    """Everything after a row's first eos becomes pad_id (the contract's layout).
-
-    HF `generate` fills finished rows with `pad_token_id or eos_token_id`, i.e. with eos when
-    pad_id == 0, so its output is brought to the common layout before comparing."""
-    tokens = np.array(tokens)
-    after = np.cumsum(tokens == config.eos_id, axis=1) - (tokens == config.eos_id) > 0
-    tokens[after] = config.pad_id
-    return tokens
-
-
 def jax_decode(flat: Flat, config: TransformerConfig, src: np.ndarray, max_len: int,
                beam_size: int = 1, alpha: float = 1.0, capture: bool = False):
     import jax_model
@@ -211,18 +200,10 @@ def torch_decode(flat: Flat, config: TransformerConfig, src: np.ndarray, max_len
 
 def hf_generate(flat: Flat, config: TransformerConfig, src: np.ndarray, max_len: int,
                 beam_size: int = 1, alpha: float = 1.0) -> np.ndarray:
-    """HF `generate()` with the contract's settings, start token stripped, padded to max_len."""
-    import torch
+    """HF `generate()` with the contract's settings, in the contract's token layout."""
+    from hf_bridge.decoding import generate_tokens
 
-    model = hf_model_from(flat, config)
-    src_t = torch.as_tensor(src, dtype=torch.int64)
-    with torch.no_grad():
-        out = model.generate(input_ids=src_t, attention_mask=src_t != config.pad_id,
-                             max_new_tokens=max_len, num_beams=beam_size, length_penalty=alpha,
-                             early_stopping=False, do_sample=False, num_return_sequences=1)
-    tokens = np.full((src.shape[0], max_len), config.pad_id, np.int64)
-    tokens[:, : out.shape[1] - 1] = out[:, 1:].numpy()
-    return pad_after_eos(tokens, config)
+    return generate_tokens(hf_model_from(flat, config), src, max_len, beam_size, alpha).numpy()
 
 
 def cached_vs_full(flat: Flat, config: TransformerConfig, src: np.ndarray, tokens: np.ndarray,
