@@ -9,8 +9,8 @@ sequence, where any window covers most keys, is not called "local" by accident.
 Classes, tested in this order (the first that holds wins):
   delimiter   most mass on the first key or on delimiter tokens (eos by default);
   positional  most mass at one fixed offset k - q (previous token, self, next token, ...);
-  focused     most mass on one or two keys, chosen by content (not position);
-  local       most mass near the diagonal, spread over the window;
+  local       most mass near the diagonal (within LOCAL_WINDOW), at no single offset;
+  focused     most mass on one or two keys away from the diagonal, i.e. chosen by content;
   global      attention spread over many keys (high entropy);
   mixed       none of the above.
 For cross-attention "the diagonal" is the monotonic alignment k = q * (n_k - 1) / (n_q - 1).
@@ -43,7 +43,7 @@ DELIMITER_MIN_MASS = 0.5
 # Global: entropy at least this fraction of log(number of keys) (uniform = 1).
 GLOBAL_MIN_NORMALIZED_ENTROPY = 0.8
 
-PATTERNS = ("delimiter", "positional", "focused", "local", "global", "mixed")
+PATTERNS = ("delimiter", "positional", "local", "focused", "global", "mixed")
 
 THRESHOLDS = {
     "min_keys": MIN_KEYS, "local_window": LOCAL_WINDOW, "local_min_mass": LOCAL_MIN_MASS,
@@ -149,10 +149,10 @@ def classify(m: dict) -> str:
         return "delimiter"
     if m["positional_mass"] >= POSITIONAL_MIN_MASS and m["positional_lift"] >= MIN_LIFT:
         return "positional"
-    if m["top_mass"] >= FOCUSED_MIN_MASS and m["top_lift"] >= MIN_LIFT:
-        return "focused"
     if m["local_mass"] >= LOCAL_MIN_MASS and m["local_lift"] >= MIN_LIFT:
         return "local"
+    if m["top_mass"] >= FOCUSED_MIN_MASS and m["top_lift"] >= MIN_LIFT:
+        return "focused"
     if m["normalized_entropy"] >= GLOBAL_MIN_NORMALIZED_ENTROPY:
         return "global"
     return "mixed"

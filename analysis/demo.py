@@ -98,7 +98,7 @@ def _train_torch(config: TransformerConfig, tc: TrainConfig, task, probe, intern
         opt.zero_grad()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
-        records.append({"step": step, "loss": float(loss), "grad_norm": float(norm),
+        records.append({"step": step, "loss": loss.item(), "grad_norm": norm.item(),
                         "learning_rate": sched.get_last_lr()[0]})
         opt.step()
         sched.step()

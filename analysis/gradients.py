@@ -54,7 +54,8 @@ def sublayer_of(name: str) -> str:
 
 
 def group_norms(norms: dict[str, float], group_of) -> dict[str, float]:
-    """Combine parameter norms into group norms, sqrt(sum of squares), in first-seen order."""
+    """Combine parameter norms into group norms, sqrt(sum of squares), in first-seen order
+    (`gradient_flow` sorts the parameters in forward order first)."""
     squares: dict[str, float] = {}
     for name, n in norms.items():
         key = group_of(name)
@@ -62,19 +63,24 @@ def group_norms(norms: dict[str, float], group_of) -> dict[str, float]:
     return {key: math.sqrt(s) for key, s in squares.items()}
 
 
-def _execution_order(names: list[str]) -> list[str]:
-    def key(group: str) -> tuple:
-        parts = group.split("/")
-        if group == "embedding":
-            return (0,)
-        if group == "output":
-            return (9,)
-        side = 1 if parts[0] == "encoder" else 2
-        if parts[1] == "final_norm":
-            return (side, 10**9)
-        return (side, int(parts[1].split("_")[1]), group)
+_SUBLAYER_ORDER = ("self_attn", "self_attn_norm", "cross_attn", "cross_attn_norm", "ffn",
+                   "ffn_norm")
 
-    return sorted(names, key=key)
+
+def execution_key(name: str) -> tuple:
+    """Sort key putting parameter or group names in forward order: embedding, encoder layers
+    (self_attn, its norm, ffn, its norm), encoder final_norm, decoder layers, output."""
+    parts = name.split("/")
+    if parts[0] in ("shared_embedding", "embedding") or parts[-1] == "embedding":
+        return (0, 0, 0, name)
+    if parts[0] == "output":
+        return (3, 0, 0, name)
+    side = 1 if parts[0] == "encoder" else 2
+    if len(parts) < 2 or not parts[1].startswith("layer_"):
+        return (side, 10**9, 0, name)
+    sub = parts[2] if len(parts) > 2 else ""
+    rank = _SUBLAYER_ORDER.index(sub) if sub in _SUBLAYER_ORDER else len(_SUBLAYER_ORDER)
+    return (side, int(parts[1].split("_")[1]), rank, name)
 
 
 def gradient_warnings(layer_norms: dict[str, float]) -> list[dict]:
@@ -106,9 +112,8 @@ def gradient_flow(grads: dict, loss: float | None = None) -> dict:
     """The gradient-flow report: parameter, sublayer and layer norms, total norm, warnings."""
     if not grads:
         raise ValueError("grads is empty: expected {canonical parameter name: gradient array}")
-    params = parameter_norms(grads)
+    params = parameter_norms({k: grads[k] for k in sorted(grads, key=execution_key)})
     layers = group_norms(params, layer_of)
-    layers = {k: layers[k] for k in _execution_order(list(layers))}
     subs = group_norms(params, sublayer_of)
     total = math.sqrt(sum(n * n for n in params.values()))
     return {

@@ -115,6 +115,10 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(Path(path).name)}" src="data:image/png;base64,{data}">'
 
 
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4g}"
+
+
 def _table(headers: list[str], rows: list[list], name_cols: int = 1) -> str:
     head = "".join(f'<th class="{"name" if i < name_cols else ""}">{html.escape(h)}</th>'
                    for i, h in enumerate(headers))
@@ -180,8 +184,8 @@ def _sections(report: dict, diff: dict | None) -> list[tuple[str, str, str]]:
         + _table(["piece", "centred logit norm", "attribution"], drows)))
     gf = report["gradient_flow"]
     warn = "".join(f'<li class="warn">{html.escape(w["message"])}</li>' for w in gf["warnings"])
-    out.append(("gradients", "Gradient flow", f"<p>loss {gf['loss']}, total gradient norm "
-                f"{gf['total_norm']}</p><ul>{warn or '<li>no warnings</li>'}</ul>"
+    out.append(("gradients", "Gradient flow", f"<p>loss {_num(gf['loss'])}, total gradient "
+                f"norm {_num(gf['total_norm'])}</p><ul>{warn or '<li>no warnings</li>'}</ul>"
                 + _table(["layer", "gradient norm"], [[k, v] for k, v in gf["layers"].items()])))
     if diff is not None:
         rows = sorted(([n, e.get("normalized"), e.get("max_abs"), e.get("mean_abs")]
@@ -217,8 +221,8 @@ def write_html_report(path: str | os.PathLike, report: dict, inter: dict,
 <html lang="en"><head><meta charset="utf-8"><title>transformer-lab analysis ({impl})</title>
 <style>{_STYLE}</style></head><body>
 <h1>transformer-lab analysis: {impl} model</h1>
-<p>d_model {cfg['d_model']}, {cfg['num_heads']} heads, {cfg['num_encoder_layers']}+
-{cfg['num_decoder_layers']} layers, {cfg['norm_position']}-LN; loss {report['loss']}</p>
+<p>d_model {cfg['d_model']}, {cfg['num_heads']} heads, {cfg['num_encoder_layers']}+\
+{cfg['num_decoder_layers']} layers, {cfg['norm_position']}-LN; loss {_num(report['loss'])}</p>
 <p>{nav}</p>
 <section id="viewer"><h2>Attention viewer</h2>
 <div class="row"><label>attention <select id="kind"></select></label>

@@ -4,9 +4,9 @@ The seed API passes only `input_ids` in places; this module decides what the dec
 
 - `target_ids` is the decoder input `tgt` (DESIGN.md: starts with `bos_id`, right-padded).
   When it is not given, it defaults to the copy task's decoder input: `bos_id` followed by the
-  source without its last position (`default_target`), so the labels are the source itself.
-  That needs every source id inside the target vocabulary, else a ValueError asks for
-  `target_ids`.
+  source without its last position, pad where the source is pad (`default_target`), and the
+  labels are the source itself.  That needs every source id inside the target vocabulary,
+  else a ValueError asks for `target_ids`.
 - Labels are `tgt` shifted left with `eos_id` appended at the end of each row's real tokens,
   pads after (docs/interfaces.md); `labels_from_decoder_input` builds them.
 - `attention_mask` ([b, s], 1 = real token, 0 = pad) is optional and carries no information
@@ -44,14 +44,16 @@ def as_batch(name: str, ids: object) -> np.ndarray:
 
 
 def default_target(src: np.ndarray, config: TransformerConfig) -> np.ndarray:
-    """The copy task's decoder input: `[bos, src[:, :-1]]`, so that the labels are `src`."""
+    """The copy task's decoder input `[bos, src[:, :-1]]` (pad under the source's pads), whose
+    labels are `src`: for a source ending with eos, exactly `labels_from_decoder_input`."""
     if int(src.max()) >= config.tgt_vocab_size:
         raise ValueError(
             f"target_ids not given and input_ids holds id {int(src.max())}, outside the target "
             f"vocabulary [0, {config.tgt_vocab_size}): the default decoder input copies the "
             f"source, so pass target_ids explicitly")
     bos = np.full((src.shape[0], 1), config.bos_id, dtype=src.dtype)
-    return np.concatenate([bos, src[:, :-1]], axis=1)  # [b, s]
+    shifted = np.concatenate([bos, src[:, :-1]], axis=1)  # [b, s]
+    return np.where(src == config.pad_id, config.pad_id, shifted)
 
 
 def real_lengths(ids: np.ndarray, pad_id: int, first_is_real: bool = False) -> np.ndarray:
@@ -113,7 +115,7 @@ def prepare_inputs(config: TransformerConfig, input_ids: object, target_ids: obj
     if attention_mask is not None:
         check_attention_mask(attention_mask, src, config.pad_id)
     if labels is None:
-        lab = labels_from_decoder_input(tgt, config)
+        lab = src.copy() if source == "copy" else labels_from_decoder_input(tgt, config)
     else:
         lab = as_batch("labels", labels)
         if lab.shape != tgt.shape:

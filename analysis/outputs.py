@@ -30,12 +30,17 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
                   target_ids=None, attention_mask=None, tokens=None, captures=None,
                   metrics: list[dict] | None = None, other: TransformerAnalyzer | None = None,
                   vocab: dict[int, str] | None = None, html: bool = True,
-                  example: int = 0) -> dict:
+                  figures: bool = True, example: int = 0) -> dict:
     """Analyse `input_ids` and write everything into `out_dir`.
 
     `other`: a second analyzer (another implementation, same weights) whose capture is diffed
     against this one (error heatmap, side-by-side trace).  `vocab` ({id: token string}) labels
-    ids when `tokens` is not given (special ids are named anyway).  Returns {"report": the report dict,
+    ids when `tokens` is not given (special ids are named anyway).  `figures=False` writes only
+    the report, the trace and the HTML page (its viewer and tables need no figure).
+    Attention figures: for each kind, the last layer's heads (`attention_weights_<block>.png`)
+    and every layer x head (`attention_grid_<kind>.png`); `multihead_comparison.png`, the
+    step figures and the evolution show the last encoder layer's self-attention;
+    `attention_step_<N>.png` is written for up to 6 evenly spread captured steps.  Returns {"report": the report dict,
     "files": {label: path}, "skipped": [why...]}.
     """
     out = Path(out_dir)
@@ -61,28 +66,32 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
             return src_lab, src_lab
         return (tgt_lab if kind == "decoder/self_attn" else src_lab), tgt_lab
 
-    one = {name: (v[example:example + 1] if name.endswith("/weights") else v)
-           for name, v in inter.items()}
-    for prefix in attention_prefixes(inter):
-        keys, queries = labels(prefix)
-        files[f"attention_weights {prefix}"] = viz.plot_attention_heatmap(
-            inter[f"{prefix}/weights"][example], keys, queries, f"{prefix}/weights",
-            name=prefix)
-    encoder_blocks = [p for p in attention_prefixes(inter) if p.startswith("encoder")]
-    main_block = encoder_blocks[-1] if encoder_blocks else attention_prefixes(inter)[-1]
-    keys, queries = labels(main_block)
-    files["multihead_comparison"] = viz.plot_multihead_comparison(
-        inter[f"{main_block}/weights"][example], keys, queries,
-        f"{main_block}/weights (example {example})")
-    for kind in ("encoder/self_attn", "decoder/self_attn", "decoder/cross_attn"):
-        first = next(p for p in attention_prefixes(inter) if attention_kind(p) == kind)
-        keys, queries = labels(first)
-        files[f"attention_grid {kind}"] = viz.plot_attention_grid(one, kind, keys, queries)
-    files["cross_attention_alignment"] = viz.plot_cross_attention(one, src_lab, tgt_lab)
-    files["layer_contributions"] = viz.plot_layer_contributions(report["layer_contributions"])
-    files["gradient_flow"] = viz.plot_gradient_flow(report["gradient_flow"])
+    blocks = attention_prefixes(inter)
+    encoder_blocks = [p for p in blocks if p.startswith("encoder")]
+    main_block = encoder_blocks[-1] if encoder_blocks else blocks[-1]
+    if not figures:
+        skipped.append("every figure: figures=False")
+    else:
+        one = {name: (v[example:example + 1] if name.endswith("/weights") else v)
+               for name, v in inter.items()}
+        for kind in ("encoder/self_attn", "decoder/self_attn", "decoder/cross_attn"):
+            of_kind = [p for p in blocks if attention_kind(p) == kind]
+            keys, queries = labels(of_kind[0])
+            last = of_kind[-1]  # the last layer's heads alone, then every layer x head
+            files[f"attention_weights {last}"] = viz.plot_attention_heatmap(
+                inter[f"{last}/weights"][example], keys, queries,
+                f"{last}/weights (example {example})", name=last)
+            files[f"attention_grid {kind}"] = viz.plot_attention_grid(one, kind, keys, queries)
+        keys, queries = labels(main_block)
+        files["multihead_comparison"] = viz.plot_multihead_comparison(
+            inter[f"{main_block}/weights"][example], keys, queries,
+            f"{main_block}/weights (example {example})")
+        files["cross_attention_alignment"] = viz.plot_cross_attention(one, src_lab, tgt_lab)
+        files["layer_contributions"] = viz.plot_layer_contributions(
+            report["layer_contributions"])
+        files["gradient_flow"] = viz.plot_gradient_flow(report["gradient_flow"])
 
-    if captures:
+    if captures and figures:
         captures = check_captures(captures)
         steps = [s for s, _ in captures]
         for i in _steps_to_show(steps):
@@ -94,11 +103,11 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
         files["attention_evolution"] = viz.plot_attention_evolution(captures, main_block,
                                                                     cfg.pad_id, keys, queries)
         files["qkv_evolution"] = viz.plot_qkv_evolution(captures, cfg.pad_id)
-    else:
+    elif figures:
         skipped.append("attention_step_<N>, attention_evolution, qkv_evolution: no captures")
-    if metrics:
+    if metrics and figures:
         files["training_curves"] = viz.plot_training_curves(metrics)
-    else:
+    elif figures:
         skipped.append("training_curves: no metric records")
 
     trace = format_trace(inter, cfg)
@@ -106,7 +115,8 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
     if other is not None:
         other_inter = other.capture(src, tgt)
         diff = diff_captures(inter, other_inter, analyzer.adapter.name, other.adapter.name)
-        files["parity_diff"] = viz.plot_parity_diff(diff)
+        if figures:
+            files["parity_diff"] = viz.plot_parity_diff(diff)
         trace += "\n" + format_trace_side_by_side(inter, other_inter, cfg,
                                                   (analyzer.adapter.name, other.adapter.name))
     (out / TRACE_FILE).write_text(trace, encoding="utf-8")

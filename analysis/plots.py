@@ -373,13 +373,13 @@ def cross_attention_figure(inter: dict, src_labels: list[str] | None,
     ws = [np.asarray(inter[f"{p}/weights"])[example].mean(0) for p in prefixes]  # [t, s] each
     nq, nk = ws[0].shape
     cols = len(ws)
-    side = float(np.clip(0.28 * max(nq, nk), 3.0, 6.0))
-    fig = Figure(figsize=(side * cols + 1.5, side + 1.0), layout="constrained")
+    side = float(np.clip(0.28 * max(nq, nk), 3.6, 6.0))
+    fig = Figure(figsize=(side * cols + 1.5, side + 1.2), layout="constrained")
     axes = fig.subplots(1, cols, squeeze=False)[0]
     vmax = max(float(w.max()) for w in ws) or 1.0
     im = None
     for i, (ax, w, p) in enumerate(zip(axes, ws, prefixes)):
-        im = _heatmap(ax, w, src_labels, tgt_labels, f"{p}/weights (mean over heads)", vmax,
+        im = _heatmap(ax, w, src_labels, tgt_labels, f"{p}/weights\n(mean over heads)", vmax,
                       show_y=i == 0, fontsize=9)
         ax.plot(w.argmax(-1), np.arange(nq), "o", color="white", markersize=3, alpha=0.8)
         ax.set_xlabel("source token")
@@ -404,6 +404,9 @@ def diff_heatmap_figure(diff: dict, floor: float = 1e-12) -> Figure:
             rows.append(parent)
         if leaf not in cols:
             cols.append(leaf)
+    preferred = ["tokens", "input", "q", "k", "v", "scores", "weights", "context",
+                 "pre_activation", "activation", "output", "logits"]
+    cols.sort(key=lambda c: preferred.index(c) if c in preferred else len(preferred))
     grid = np.full((len(rows), len(cols)), np.nan)
     for name, e in entries.items():
         parent, leaf = name.rsplit("/", 1) if "/" in name else ("(model)", name)
@@ -418,6 +421,11 @@ def diff_heatmap_figure(diff: dict, floor: float = 1e-12) -> Figure:
                    vmax=max(top, 1e-3)), aspect="auto", interpolation="nearest")
     for r, c in zip(*np.where(np.isinf(grid))):
         ax.text(c, r, "shape", ha="center", va="center", fontsize=6, color="red")
+    if len(rows) <= 80:
+        for r, c in zip(*np.where(np.isfinite(grid))):
+            text = "0" if grid[r, c] <= floor else f"{grid[r, c]:.0e}"
+            ax.text(c, r, text, ha="center", va="center", fontsize=6,
+                    color="white" if grid[r, c] < 1e-8 else "black")
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)))
