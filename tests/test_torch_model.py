@@ -8,6 +8,9 @@ Every dimension has its own size so a swapped axis cannot pass: batch 4, d_model
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -502,3 +505,12 @@ def test_forward_traces_without_graph_breaks():
     src, tgt = batch(config)
     explanation = torch._dynamo.explain(model)(torch.as_tensor(src), torch.as_tensor(tgt))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_import_needs_neither_jax_nor_transformers():
+    """A torch-only user must not need jax, and hf_bridge builds on torch_model, not the reverse."""
+    code = ("import sys, torch_model; "
+            "print(sorted(m for m in ('jax', 'flax', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"

@@ -7,6 +7,8 @@
 
 from .api import forward, full_precision, init
 from .cache import DynamicCache, EncoderDecoderCache
+from .canonical import canonical_parameters
+from .decoding import beam_search, greedy_decode
 from .model import (
     Attention,
     Decoder,
@@ -24,6 +26,6 @@ from .taps import Tap, capture, has_hooks, name_taps, patch, taps
 __all__ = [
     "Attention", "Decoder", "DecoderLayer", "DynamicCache", "Embed", "Encoder",
     "EncoderDecoderCache", "EncoderLayer", "FeedForward", "LayerNorm", "Output", "Tap",
-    "Transformer", "capture", "forward", "full_precision", "has_hooks", "init", "name_taps",
-    "patch", "taps",
+    "Transformer", "beam_search", "canonical_parameters", "capture", "forward",
+    "full_precision", "greedy_decode", "has_hooks", "init", "name_taps", "patch", "taps",
 ]
