@@ -1,8 +1,10 @@
 """The Flax (linen) reference Transformer: model, canonical weights, capture, decoding."""
 
 from .api import apply, forward, from_canonical, init, to_canonical
+from .beam_search import beam_search
 from .capture import flatten_intermediates
+from .decoding import greedy_decode
 from .model import Transformer
 
-__all__ = ["Transformer", "apply", "flatten_intermediates", "forward", "from_canonical", "init",
-           "to_canonical"]
+__all__ = ["Transformer", "apply", "beam_search", "flatten_intermediates", "forward",
+           "from_canonical", "greedy_decode", "init", "to_canonical"]

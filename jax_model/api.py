@@ -64,7 +64,7 @@ def _init_fn(config: TransformerConfig):
 def to_canonical(params: Mapping) -> dict[str, np.ndarray]:
     """Flax params tree -> `{canonical_name: float32 np.ndarray}` (kernels stay `[in, out]`)."""
     flat = traverse_util.flatten_dict(dict(params), sep="/")
-    return {name: np.asarray(value, dtype=np.float32) for name, value in flat.items()}
+    return {name: np.array(value, dtype=np.float32) for name, value in flat.items()}  # own copies
 
 
 def from_canonical(flat: Mapping[str, object], config: TransformerConfig) -> Params:

@@ -1,0 +1,147 @@
+"""Incremental decoding with the Flax `cache` collection, and greedy search.
+
+Semantics are those of Hugging Face `generate(decoder_start_token_id=bos_id,
+eos_token_id=eos_id, pad_token_id=pad_id, max_new_tokens=max_len, do_sample=False)`: tokens
+`[b, max_len]` without the start token, eos included, `pad_id` after a row's eos and after the
+end when every row finished early.  Everything runs in one jitted `lax.while_loop`, compiled
+once per (config, max_len, capture).
+
+Capture (`capture=True`) records, at every step, the decoder's intermediates of that one
+position under their canonical names with a leading step axis, e.g. self-attention weights
+`[steps, b, h, 1, max_len]` (slots after the current position are 0) and cross-attention
+weights `[steps, b, h, 1, s]`.  The attention keys/values (`{attn}/k`, `{attn}/v`) are left out:
+they are the whole cache at every step.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from spec import TransformerConfig, check_tokens
+
+from .api import Params, check_config
+from .capture import flatten_sown
+from .model import Transformer
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_decode_inputs(config: TransformerConfig, src: object, max_len: object) -> np.ndarray:
+    """Validate the arguments every search shares; returns `src` as numpy."""
+    check_config(config)
+    max_len = check_positive_int("max_len", max_len)
+    if max_len > config.max_len:
+        raise ValueError(f"max_len={max_len} is over the config's max_len={config.max_len}: "
+                         "the decoder has no position beyond it")
+    src_np, _ = check_tokens(src, None, config)
+    return src_np
+
+
+def captured(name: str) -> bool:
+    """Which step intermediates capture keeps: the decoder's, less the whole-cache k and v."""
+    return ((name.startswith("decoder/") or name == "logits")
+            and not (("_attn/" in name) and name.rsplit("/", 1)[1] in ("k", "v")))
+
+
+def start_cache(model: Transformer, params: Params, encoded: jax.Array, src: jax.Array,
+                max_len: int) -> dict:
+    """Create the decode cache: self-attention slots for `max_len` positions (zeros), the
+    cross-attention keys/values projected once from `encoded`, every cache index at 0."""
+    dummy = jnp.full((src.shape[0], max_len), model.config.pad_id, jnp.int32)  # [b, max_len]
+    _, state = model.apply({"params": params}, encoded, src, dummy, decode=True,
+                           method=Transformer.decode, mutable=["cache"])
+    return state["cache"]
+
+
+def decode_step(model: Transformer, params: Params, cache: dict, encoded: jax.Array,
+                src: jax.Array, tokens: jax.Array, capture: bool
+                ) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
+    """Feed one token per row (`[b]`) at the cache index: -> logits `[b, v]`, the updated
+    cache, and (capture) this step's intermediates `{name: [b, ...]}`."""
+    mutable = ["cache", "intermediates"] if capture else ["cache"]
+    logits, state = model.apply({"params": params, "cache": cache}, encoded, src,
+                                tokens[:, None], decode=True, method=Transformer.decode,
+                                mutable=mutable)
+    inter = {}
+    if capture:
+        inter = {n: v for n, v in flatten_sown(state["intermediates"]).items() if captured(n)}
+    return logits[:, 0], state["cache"], inter
+
+
+def capture_buffers(step_shapes: dict, max_len: int) -> dict[str, jax.Array]:
+    """Zeroed `[max_len, ...]` buffers for the step intermediates (shapes from eval_shape)."""
+    return {n: jnp.zeros((max_len, *s.shape), s.dtype) for n, s in step_shapes.items()}
+
+
+def record(buffers: dict, inter: dict, step: jax.Array) -> dict:
+    return {n: buffers[n].at[step].set(inter[n]) for n in buffers}
+
+
+def finish_capture(buffers: dict, steps: int) -> dict[str, np.ndarray]:
+    """Device buffers -> numpy, cut to the steps actually run."""
+    return {n: np.asarray(v)[:steps] for n, v in buffers.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _greedy_fn(config: TransformerConfig, max_len: int, capture: bool):
+    model = Transformer(config)
+
+    def run(params: Params, src: jax.Array):
+        b = src.shape[0]
+        encoded = model.apply({"params": params}, src, method=Transformer.encode)  # [b, s, m]
+        cache = start_cache(model, params, encoded, src, max_len)
+        first = jnp.full((b,), config.bos_id, jnp.int32)
+        buffers = {}
+        if capture:
+            shapes = jax.eval_shape(lambda c: decode_step(model, params, c, encoded, src, first,
+                                                          True)[2], cache)
+            buffers = capture_buffers(shapes, max_len)
+        state = dict(
+            step=jnp.array(0, jnp.int32),
+            tokens=jnp.full((b, max_len), config.pad_id, jnp.int32),  # [b, max_len]
+            last=first,                                                # [b]
+            finished=jnp.zeros((b,), bool),                            # [b]
+            done=jnp.array(False),
+            cache=cache,
+            buffers=buffers,
+        )
+
+        def body(s: dict) -> dict:
+            logits, cache, inter = decode_step(model, params, s["cache"], encoded, src,
+                                               s["last"], capture)
+            # finished rows emit pad (HF: next * unfinished + pad * (1 - unfinished))
+            token = jnp.where(s["finished"], config.pad_id,
+                              jnp.argmax(logits, axis=-1).astype(jnp.int32))   # [b]
+            finished = s["finished"] | (token == config.eos_id)
+            step = s["step"] + 1
+            return dict(step=step, tokens=s["tokens"].at[:, s["step"]].set(token), last=token,
+                        finished=finished, done=finished.all() | (step >= max_len),
+                        cache=cache, buffers=record(s["buffers"], inter, s["step"]))
+
+        out = lax.while_loop(lambda s: ~s["done"], body, state)
+        return out["tokens"], out["step"], out["buffers"]
+
+    return jax.jit(run)
+
+
+def greedy_decode(params: Params, config: TransformerConfig, src: object, max_len: int,
+                  capture: bool = False):
+    """Greedy search: `src [b, s]` -> tokens `[b, max_len]` (numpy int32), or
+    `(tokens, {name: [steps, b, ...]})` with `capture=True`."""
+    src_np = check_decode_inputs(config, src, max_len)
+    fn = _greedy_fn(config, int(max_len), bool(capture))
+    with jax.default_matmul_precision("highest"):
+        tokens, steps, buffers = fn(params, jnp.asarray(src_np, jnp.int32))
+    tokens = np.asarray(tokens)
+    if capture:
+        return tokens, finish_capture(buffers, int(steps))
+    return tokens
