@@ -1,7 +1,7 @@
 """The analysis demo (`python main.py --version analysis`): every figure of SEED.md in a minute.
 
 A tiny model (the `tiny` preset: d_model 32, 4 heads, 2+2 layers) learns to reverse strings
-for a few dozen Adam steps, with the intermediates of a fixed probe batch captured every few
+for 200 Adam steps (enough for the anti-diagonal cross-attention to appear), with the intermediates of a fixed probe batch captured every few
 steps (`internals_step_<N>.npz`, the trainers' format).  Then the analysis runs on the probe:
 report, figures, trace and the HTML page.  JAX is used when importable (the real
 `jax_model.train` optimizer step), else PyTorch (torch.optim.Adam with the same
@@ -109,18 +109,18 @@ def _train_torch(config: TransformerConfig, tc: TrainConfig, task, probe, intern
 
 
 def _framework() -> str:
-    for name in ("jax", "torch"):
+    for module in ("jax_model.train", "torch_model"):
         try:
-            __import__(f"{name}_model")
-            return name
+            __import__(module)
+            return module.split("_")[0]
         except ImportError:
             continue
     raise ImportError("the analysis demo needs jax_model (jax, flax, optax) or torch_model "
                       "(torch) importable")
 
 
-def run(output_dir: str = "results_analysis", seed: int = 0, steps: int = 60,
-        capture_every: int = 15, framework: str | None = None) -> dict:
+def run(output_dir: str = "results_analysis", seed: int = 0, steps: int = 200,
+        capture_every: int = 40, framework: str | None = None) -> dict:
     """Train briefly, analyse, write everything into `output_dir`; returns `write_outputs`'s
     result plus "framework" and "seconds"."""
     for name, v, lo in (("seed", seed, 0), ("steps", steps, 1), ("capture_every",

@@ -30,7 +30,7 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
                   target_ids=None, attention_mask=None, tokens=None, captures=None,
                   metrics: list[dict] | None = None, other: TransformerAnalyzer | None = None,
                   vocab: dict[int, str] | None = None, html: bool = True,
-                  figures: bool = True, example: int = 0) -> dict:
+                  figures: bool = True, block: str | None = None, example: int = 0) -> dict:
     """Analyse `input_ids` and write everything into `out_dir`.
 
     `other`: a second analyzer (another implementation, same weights) whose capture is diffed
@@ -39,7 +39,8 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
     the report, the trace and the HTML page (its viewer and tables need no figure).
     Attention figures: for each kind, the last layer's heads (`attention_weights_<block>.png`)
     and every layer x head (`attention_grid_<kind>.png`); `multihead_comparison.png`, the
-    step figures and the evolution show the last encoder layer's self-attention;
+    step figures and the evolution show `block` (default: the last decoder layer's
+    cross-attention, where a translation model's alignment forms);
     `attention_step_<N>.png` is written for up to 6 evenly spread captured steps.  Returns {"report": the report dict,
     "files": {label: path}, "skipped": [why...]}.
     """
@@ -67,8 +68,11 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
         return (tgt_lab if kind == "decoder/self_attn" else src_lab), tgt_lab
 
     blocks = attention_prefixes(inter)
-    encoder_blocks = [p for p in blocks if p.startswith("encoder")]
-    main_block = encoder_blocks[-1] if encoder_blocks else blocks[-1]
+    cross = [p for p in blocks if attention_kind(p) == "decoder/cross_attn"]
+    main_block = block or (cross[-1] if cross else blocks[-1])
+    if main_block not in blocks:
+        raise ValueError(f"block={block!r} is not an attention block of this model; "
+                         f"expected one of {blocks}")
     if not figures:
         skipped.append("every figure: figures=False")
     else:

@@ -534,13 +534,13 @@ def test_run_folder_holds_every_seed_file(tmp_path):
 
 @pytest.mark.slow
 def test_demo_writes_every_seed_file(tmp_path):
-    """The full demo (60 Adam steps, jax preferred) as `main.py --version analysis` runs it."""
+    """The full demo (200 Adam steps, jax preferred) as `main.py --version analysis` runs it."""
     code = (f"import time; from analysis import demo; t = time.time(); "
             f"r = demo.run({str(tmp_path)!r}); print(time.time() - t)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    for name in SEED_FILES + ["visualizations/attention/attention_step_60.png",
+    for name in SEED_FILES + ["visualizations/attention/attention_step_200.png",
                               "visualizations/parity/intermediate_errors.png"]:
         assert (tmp_path / name).is_file(), name
     assert list(tmp_path.glob("internals/internals_step_*.npz"))
