@@ -302,6 +302,22 @@ def test_minimal_validator_rejects_what_the_schema_forbids():
         validate(1, {"pattern": "x"})
 
 
+def test_schema_is_valid_json_schema_and_agrees_with_jsonschema(tmp_path):
+    """Cross-check with the reference implementation where it is installed (dev extra)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    torch_model = pytest.importorskip("torch_model")
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    report = TransformerAnalyzer(torch_model.init(tiny(), 0)).comprehensive_analysis(SRC, TGT)
+    jsonschema.validate(report, schema)
+    bad = json.loads(json.dumps(report))
+    bad["attention_patterns"]["blocks"]["encoder/layer_0/self_attn"]["heads"][0]["pattern"] = "x"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    with pytest.raises(ValueError, match="is not one of"):
+        validate(bad, schema)
+
+
 # -- trace ------------------------------------------------------------------------------------
 def _known_capture() -> dict:
     q = np.full((1, 2, 3, 2), 2.0)  # [b, h, len, k]
