@@ -8,9 +8,10 @@ once per (config, max_len, capture).
 
 Capture (`capture=True`) records, at every step, the decoder's intermediates of that one
 position under their canonical names with a leading step axis, e.g. self-attention weights
-`[steps, b, h, 1, max_len]` (slots after the current position are 0) and cross-attention
-weights `[steps, b, h, 1, s]`.  The attention keys/values (`{attn}/k`, `{attn}/v`) are left out:
-they are the whole cache at every step.
+`[steps, b, h, 1, steps]` (keys up to the last step's cache length; slots after the current
+position are 0, as in torch_model) and cross-attention weights `[steps, b, h, 1, s]`.  The
+attention keys/values (`{attn}/k`, `{attn}/v`) are left out: they are the whole cache at every
+step, too large to keep per step.
 """
 
 from __future__ import annotations
@@ -87,8 +88,15 @@ def record(buffers: dict, inter: dict, step: jax.Array) -> dict:
 
 
 def finish_capture(buffers: dict, steps: int) -> dict[str, np.ndarray]:
-    """Device buffers -> numpy, cut to the steps actually run."""
-    return {n: np.asarray(v)[:steps] for n, v in buffers.items()}
+    """Device buffers -> numpy, cut to the steps actually run; the self-attention key axis is
+    cut to the cache length reached (slots never written are all masked)."""
+    out = {}
+    for name, value in buffers.items():
+        value = np.asarray(value)[:steps]
+        if "/self_attn/" in name and name.endswith(("/scores", "/weights")):
+            value = value[..., :steps]  # [steps, b, h, 1, steps]
+        out[name] = value
+    return out
 
 
 @functools.lru_cache(maxsize=32)

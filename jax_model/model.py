@@ -90,7 +90,9 @@ class Embed(nn.Module):
         if cfg.scale_embeddings:
             vectors = vectors * math.sqrt(cfg.d_model)
         self.sow("intermediates", "tokens", vectors)
-        table = jnp.asarray(position_table(cfg.max_len, cfg.d_model, cfg.positional_layout))
+        # in the vectors' dtype, so a bfloat16 params tree computes in bfloat16 throughout
+        table = jnp.asarray(position_table(cfg.max_len, cfg.d_model, cfg.positional_layout),
+                            dtype=vectors.dtype)
         positions = table[None, : vectors.shape[1]]  # [1, l, m]
         if decode:
             initialized = self.has_variable("cache", "cache_index")

@@ -240,7 +240,7 @@ def test_greedy_capture_records_each_step(model):
     for i in range(config.num_decoder_layers):
         self_w = inter[f"decoder/layer_{i}/self_attn/weights"]
         cross_w = inter[f"decoder/layer_{i}/cross_attn/weights"]
-        assert self_w.shape == (steps, B, h, 1, L)
+        assert self_w.shape == (steps, B, h, 1, steps)
         assert cross_w.shape == (steps, B, h, 1, S)
         for t in range(steps):
             assert (self_w[t, :, :, 0, t + 1:] == 0.0).all()      # future slots
@@ -262,7 +262,9 @@ def test_beam_capture_has_a_row_per_beam(model):
     w = inter["decoder/layer_0/self_attn/weights"]
     steps = w.shape[0]
     assert 1 <= steps <= L
-    assert w.shape == (steps, B * 2, config.num_heads, 1, L)
+    assert w.shape == (steps, B * 2, config.num_heads, 1, steps)
+    future = np.triu(np.ones((steps, steps), bool), k=1)[:, None, None, None, :]  # key > step
+    assert (w[np.broadcast_to(future, w.shape)] == 0.0).all()
     assert inter["decoder/layer_1/cross_attn/weights"].shape == (steps, B * 2, config.num_heads,
                                                                    1, S)
     np.testing.assert_allclose(w.sum(-1), 1.0, rtol=0, atol=1e-6)

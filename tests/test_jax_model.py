@@ -388,3 +388,16 @@ def test_attention_dropout_applies_after_recording_the_weights():
     close(w.sum(-1), np.ones(w.shape[:-1]), 1e-6)   # recorded before dropout
     undropped = np.einsum("bhqk,bhkd->bhqd", w, inter[f"{p}/v"])
     assert np.abs(inter[f"{p}/context"] - undropped).max() > 1e-3
+
+
+def test_bfloat16_params_compute_in_bfloat16():
+    """The position table follows the token vectors' dtype, so nothing promotes to float32."""
+    config = CONFIGS["pre_split_untied_bias_gelu"]
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), jm.init(config, 0))
+    src, tgt = batch(config)
+    jaxpr = jax.make_jaxpr(lambda p: jm.apply(p, config, src, tgt))(params)
+    # every matmul, also those nested in jnp.einsum's inner jit, writes a bf16 result
+    dots = [line for line in str(jaxpr).splitlines() if "= dot_general" in line]
+    assert len(dots) >= 4 * (config.num_encoder_layers + 2 * config.num_decoder_layers)
+    assert all(line.split("=")[0].split(":")[1].startswith("bf16") for line in dots), dots
+    assert jaxpr.out_avals[0].dtype == jnp.bfloat16
