@@ -21,11 +21,11 @@ from .model import (
     Output,
     Transformer,
 )
-from .taps import Tap, capture, has_hooks, name_taps, patch, taps
+from .taps import Tap, capture, has_hooks, name_taps, named_taps, patch
 
 __all__ = [
     "Attention", "Decoder", "DecoderLayer", "DynamicCache", "Embed", "Encoder",
     "EncoderDecoderCache", "EncoderLayer", "FeedForward", "LayerNorm", "Output", "Tap",
     "Transformer", "beam_search", "canonical_parameters", "capture", "forward",
-    "full_precision", "greedy_decode", "has_hooks", "init", "name_taps", "patch", "taps",
+    "full_precision", "greedy_decode", "has_hooks", "init", "name_taps", "named_taps", "patch",
 ]

@@ -29,7 +29,7 @@ from .api import as_ids, full_precision, mode, model_device
 from .cache import EncoderDecoderCache
 from .model import Transformer
 from .taps import capture as capture_taps
-from .taps import taps
+from .taps import named_taps
 
 NEG = -1.0e9  # HF's "impossible" score, added rather than replacing, as HF does
 
@@ -55,7 +55,7 @@ class _Steps:
 
     def __init__(self, model: Transformer, on: bool) -> None:
         self.model = model
-        self.names = [n for n in taps(model) if n.startswith("decoder/") or n == "logits"] if on else []
+        self.names = [n for n in named_taps(model) if n.startswith("decoder/") or n == "logits"] if on else []
         self.steps: list[dict[str, np.ndarray]] = []
 
     def run(self, fn: Any) -> Any:
@@ -133,7 +133,7 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
     Each step keeps the top 2*beams continuations of all beams by summed log-probability;
     those ending in eos (or reaching max_len) become finished hypotheses scored
     sum / generated_len**alpha (generated_len counts eos), the rest continue as the running
-    beams (ranked by the raw sum).  Only beams 0's continuations count on the first step (the
+    beams (ranked by the raw sum).  Only beam 0's continuations count on the first step (the
     others start at -1e9).  `early_stopping`: True stops a sentence once `beams` hypotheses
     finished; False stops when the best running beam, at its current length, cannot beat the
     worst finished one; "never" uses the longest possible length for that bound when alpha > 0.

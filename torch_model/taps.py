@@ -42,7 +42,7 @@ def name_taps(root: nn.Module) -> None:
             module.name = path.replace(".", "/")
 
 
-def taps(model: nn.Module) -> dict[str, Tap]:
+def named_taps(model: nn.Module) -> dict[str, Tap]:
     """Every tap of `model`, keyed by canonical name, in registration (= execution) order."""
     found: dict[str, Tap] = {}
     for path, module in model.named_modules():
@@ -52,7 +52,7 @@ def taps(model: nn.Module) -> dict[str, Tap]:
 
 
 def _select(model: nn.Module, names: Iterable[str] | None) -> dict[str, Tap]:
-    available = taps(model)
+    available = named_taps(model)
     if names is None:
         return available
     names = list(names)
@@ -115,4 +115,4 @@ def patch(model: nn.Module, fns: Mapping[str, Callable[[torch.Tensor], torch.Ten
 
 def has_hooks(model: nn.Module) -> bool:
     """Whether any tap of `model` carries a forward hook (tests assert none is left behind)."""
-    return any(tap._forward_hooks for tap in taps(model).values())
+    return any(tap._forward_hooks for tap in named_taps(model).values())
