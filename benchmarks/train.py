@@ -1,0 +1,273 @@
+"""Training speed side by side: one model, the same weights, the same batches, in one process.
+
+    .venv/bin/python benchmarks/train.py                   # d_model 128, 2+2 layers, batch 32
+    .venv/bin/python benchmarks/train.py --only jax,torch --steps 20 --d_model 256
+
+What is timed (steps `--warmup + 1 ...`, after `--warmup` untimed steps whose time, compilation
+included, is reported apart as "first s"), each a full optimizer update on the number-
+translation task's batches (`training.step_batches`: the plan every trainer walks), dropout off:
+- jax:          `jax_model.train.make_train_step` (jit), one device;
+- torch:        `torch_model.train.train_step`, eager;
+- torch.compile: the same step with `torch.compile(model)`;
+- hf Trainer:   `hf_bridge.trainer.TransformerLabTrainer.train()`, step to step (its data
+                loader, forward/backward, clipping, Adam, scheduler and per-step logging);
+- jax x4 (sharded): the jitted step data-parallel over 4 virtual CPU devices, in a subprocess
+                with XLA_FLAGS=--xla_force_host_platform_device_count=4 (the same 2 cores: this
+                shows the sharded program runs and what its overhead is, not a speed-up).
+Tokens are the non-pad target labels; "loss" is the last timed step's, which must agree across
+implementations (same weights, same batches).  The default run stays under ~3 minutes on two
+cores; `--threads` (default 1) keeps the comparison fair on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import spec  # noqa: E402
+import tasks  # noqa: E402
+from training import data as train_data  # noqa: E402
+
+IMPLEMENTATIONS = ("jax", "torch", "compile", "hf", "sharded")
+
+
+def setup(args: argparse.Namespace) -> tuple[Any, spec.TransformerConfig, spec.TrainConfig,
+                                             list[list[dict]], tuple[int, int]]:
+    """The task, configs and the padded micro-batches of every step (warm-up + timed)."""
+    task = tasks.build_task("numbers", train_size=args.train_size, eval_size=8, seed=args.seed)
+    config = task.model_config(None, d_model=args.d_model, num_heads=args.heads,
+                               num_encoder_layers=args.layers, num_decoder_layers=args.layers,
+                               d_ff=4 * args.d_model, dropout_rate=0.0)
+    total = args.warmup + args.steps
+    train = spec.TrainConfig(batch_size=args.batch, max_steps=total, warmup_steps=100,
+                             seed=args.seed)
+    src_len, tgt_len = train_data.fixed_lengths(task, ("train", "eval"), args.batch, args.seed,
+                                                config.max_len)
+    per_epoch = train_data.batches_per_epoch(task, "train", args.batch, args.seed)
+    steps = []
+    for step, micro in train_data.step_batches(task, "train", args.batch, 1, args.seed,
+                                               per_epoch):
+        if step > total:
+            break
+        steps.append([train_data.pad_batch(b, args.batch, src_len, tgt_len, config.pad_id)
+                      for b in micro])
+    return task, config, train, steps, (src_len, tgt_len)
+
+
+def tokens(micro: list[dict]) -> int:
+    return int(sum((b["labels"] != 0).sum() for b in micro))
+
+
+def summarise(times: list[float], first: float, step_tokens: list[int], loss: float
+              ) -> dict[str, float]:
+    total = sum(times)
+    return {"step_s": statistics.median(times), "tokens_per_s": sum(step_tokens) / total,
+            "first_s": first, "loss": loss}
+
+
+# -- JAX -------------------------------------------------------------------------------------
+def run_jax(config: spec.TransformerConfig, train: spec.TrainConfig, steps: list[list[dict]],
+            flat: dict, warmup: int, mesh: Any = None) -> dict[str, float]:
+    import jax
+
+    import jax_model
+    from jax_model import sharding
+    from jax_model import train as jt
+
+    state = jt.create_train_state(config, train, params=jax_model.from_canonical(flat, config))
+    if mesh is not None:
+        state = sharding.replicate(state, mesh)
+    step_fn = jt.make_train_step(config, train, mesh)
+    times, first, loss = [], 0.0, float("nan")
+    for i, micro in enumerate(steps):
+        batch = {k: v.astype(np.int32) for k, v in train_data.stack(micro).items()}
+        start = time.perf_counter()
+        if mesh is not None:
+            batch = sharding.shard_batch(batch, mesh, batch_axis=1)
+        state, metrics = step_fn(state, batch)
+        loss = float(jax.block_until_ready(metrics["loss"]))
+        elapsed = time.perf_counter() - start
+        if i < warmup:
+            first += elapsed
+        else:
+            times.append(elapsed)
+    return summarise(times, first, [tokens(m) for m in steps[warmup:]], loss)
+
+
+def run_sharded(args: argparse.Namespace) -> dict[str, float]:
+    """`run_jax` over 4 virtual CPU devices, in a fresh process (XLA reads its flags once)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_force_host_platform_device_count=4").strip()
+    argv = [sys.executable, str(Path(__file__).resolve()), "--sharded_worker",
+            *[f"--{k}={v}" for k, v in vars(args).items()
+              if k not in ("only", "sharded_worker")]]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"the sharded JAX run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- PyTorch ---------------------------------------------------------------------------------
+def run_torch(config: spec.TransformerConfig, train: spec.TrainConfig, steps: list[list[dict]],
+              flat: dict, warmup: int, device: str, compile: bool) -> dict[str, float]:
+    import torch
+
+    from torch_model import train as tt
+
+    state = tt.create_train_state(config, train, flat, device, compile=compile)
+    times, first, loss = [], 0.0, float("nan")
+    for i, micro in enumerate(steps):
+        start = time.perf_counter()
+        metrics = tt.train_step(state, micro, config, train)
+        loss = float(metrics["loss"])  # waits for the device
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if i < warmup:
+            first += elapsed
+        else:
+            times.append(elapsed)
+    return summarise(times, first, [tokens(m) for m in steps[warmup:]], loss)
+
+
+def run_hf(task: Any, config: spec.TransformerConfig, train: spec.TrainConfig,
+           steps: list[list[dict]], lengths: tuple[int, int], flat: dict, warmup: int,
+           device: str) -> dict[str, float]:
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_utils import SaveStrategy
+
+    from hf_bridge import TransformerLabForConditionalGeneration
+    from hf_bridge import trainer as ht
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+            self.losses: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    total = len(steps)
+    model = TransformerLabForConditionalGeneration.from_canonical(flat, config)
+    per_epoch = train_data.batches_per_epoch(task, "train", train.batch_size, train.seed)
+    dataset = ht.PlanDataset(task, "train", train.batch_size, train.seed, per_epoch, total,
+                             *lengths, config.pad_id)
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ht.training_arguments(tmp, train, total, use_cpu=not device.startswith("cuda"))
+        args.save_strategy = SaveStrategy.NO
+        trainer = ht.TransformerLabTrainer(model=model, args=args, train_dataset=dataset,
+                                           train_config=train, callbacks=[clock])
+        for callback in (PrinterCallback, ProgressCallback, trainer.checkpoints):
+            trainer.remove_callback(callback)
+        trainer.train()
+    gaps = np.diff(clock.marks).tolist()
+    return summarise(gaps[warmup:], sum(gaps[:warmup]), [tokens(m) for m in steps[warmup:]],
+                     clock.losses[-1])
+
+
+# -- report ----------------------------------------------------------------------------------
+def limit_threads(n: int) -> None:
+    """Set before jax is imported: XLA reads its flags once."""
+    import torch
+
+    torch.set_num_threads(n)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                               f"{'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--d_model", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=2, help="encoder layers = decoder layers")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--train_size", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch and XLA (0: the libraries' defaults)")
+    p.add_argument("--only", default=",".join(IMPLEMENTATIONS),
+                   help=f"comma-separated subset of {', '.join(IMPLEMENTATIONS)}")
+    p.add_argument("--sharded_worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name in ("d_model", "heads", "layers", "batch", "train_size", "steps"):
+        if getattr(args, name) < 1:
+            p.error(f"argument --{name}: expected a positive integer, got {getattr(args, name)}")
+    if args.warmup < 1:
+        p.error(f"argument --warmup: expected >= 1 (the first step compiles), got {args.warmup}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = sorted(set(only) - set(IMPLEMENTATIONS))
+    if unknown:
+        raise SystemExit(f"--only: unknown implementation(s) {unknown}; expected a subset of "
+                         f"{', '.join(IMPLEMENTATIONS)}")
+    if args.threads > 0:
+        limit_threads(args.threads)
+    task, config, train, steps, lengths = setup(args)
+    import torch_model
+
+    flat = {k: v.copy() for k, v in torch_model.init(config, args.seed).to_canonical().items()}
+    if args.sharded_worker:
+        import jax
+
+        from jax_model import sharding
+
+        print(json.dumps(run_jax(config, train, steps, flat, args.warmup,
+                                 sharding.make_mesh(jax.devices()))))
+        return 0
+    print(f"model d_model {config.d_model}, {config.num_heads} heads, "
+          f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, vocab "
+          f"{config.tgt_vocab_size}; batch {args.batch} x (src {lengths[0]}, tgt {lengths[1]}); "
+          f"{args.steps} timed steps after {args.warmup}; {args.threads or 'default'} thread(s)",
+          flush=True)
+    runners = {
+        "jax": ("jax (jit)", lambda: run_jax(config, train, steps, flat, args.warmup)),
+        "torch": ("torch eager", lambda: run_torch(config, train, steps, flat, args.warmup,
+                                                   args.device, compile=False)),
+        "compile": ("torch.compile", lambda: run_torch(config, train, steps, flat, args.warmup,
+                                                       args.device, compile=True)),
+        "hf": ("hf Trainer", lambda: run_hf(task, config, train, steps, lengths, flat,
+                                            args.warmup, args.device)),
+        "sharded": ("jax x4 sharded", lambda: run_sharded(args)),
+    }
+    print(f"{'implementation':<16} {'step ms':>9} {'tokens/s':>10} {'first s':>8} {'loss':>10}")
+    for key in only:
+        label, fn = runners[key]
+        r = fn()
+        print(f"{label:<16} {1000 * r['step_s']:>9.1f} {r['tokens_per_s']:>10.0f} "
+              f"{r['first_s']:>8.2f} {r['loss']:>10.6f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
