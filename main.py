@@ -27,7 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version == "analysis":
         from analysis import demo
 
-        demo.run(args.output_dir, seed=args.seed)
+        result = demo.run(args.output_dir, seed=args.seed)
+        print(f"analysis demo ({result['framework']} model, {result['seconds']:.1f} s) -> "
+              f"{args.output_dir}")
+        for label, path in result["files"].items():
+            print(f"  {label}: {path}")
+        for reason in result["skipped"]:
+            print(f"  skipped {reason}")
         return 0
     from lab_cli import configs
 

@@ -109,8 +109,12 @@ def jax_variants(config: TransformerConfig, flat: dict, src: np.ndarray, steps: 
         tokens, _ = jax.lax.fori_loop(0, steps, body, (tokens, scores))
         return tokens[:, 0, 1:]
 
-    greedy_cached = jax.jit(lambda p, s: jax_model.greedy_decode(p, config, s, steps))
-    beam_cached = jax.jit(lambda p, s: jax_model.beam_search(p, config, s, beams, steps))
+    # The public searches jit themselves (one compilation per config and length).
+    def greedy_cached(p, s):
+        return jax_model.greedy_decode(p, config, s, steps)
+
+    def beam_cached(p, s):
+        return jax_model.beam_search(p, config, s, beams, steps)
 
     def call(fn):
         def run():

@@ -91,35 +91,12 @@ def _torch(flat: Mapping[str, Any], config: TransformerConfig) -> LoadedModel:
 
 
 def _hf(flat: Mapping[str, Any], config: TransformerConfig) -> LoadedModel:
-    import torch
-
-    from hf_bridge import TransformerLabForConditionalGeneration
+    from hf_bridge import TransformerLabForConditionalGeneration, generate_tokens
     from hf_bridge.adapter import HFAdapter
-    from torch_model.api import full_precision
 
     model = TransformerLabForConditionalGeneration.from_canonical(dict(flat), config)
 
     def decode(src: np.ndarray, beam_size: int, max_len: int) -> np.ndarray:
-        ids = torch.as_tensor(np.asarray(src), dtype=torch.int64)
-        with torch.no_grad(), full_precision():
-            out = model.generate(
-                input_ids=ids, attention_mask=(ids != config.pad_id).long(),
-                decoder_start_token_id=config.bos_id, eos_token_id=config.eos_id,
-                pad_token_id=config.pad_id, max_new_tokens=max_len, num_beams=beam_size,
-                do_sample=False)
-        tokens = out[:, 1:].numpy()  # drop the start token
-        full = np.full((len(tokens), max_len), config.pad_id, dtype=tokens.dtype)
-        full[:, :tokens.shape[1]] = tokens
-        return _pad_after_eos(full, config)
+        return generate_tokens(model, src, max_len, beam_size=beam_size).cpu().numpy()
 
     return LoadedModel("huggingface", HFAdapter(model), decode)
-
-
-def _pad_after_eos(tokens: np.ndarray, config: TransformerConfig) -> np.ndarray:
-    """HF fills finished beams with eos when pad_id == 0; the contract wants pad after eos."""
-    out = tokens.copy()
-    for row in out:
-        hits = np.flatnonzero(row == config.eos_id)
-        if hits.size:
-            row[hits[0] + 1:] = config.pad_id
-    return out

@@ -12,7 +12,10 @@ import contextlib
 import io
 import json
 import math
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +26,13 @@ import spec
 from lab_cli import args as cli_args
 from lab_cli import configs
 
-TINY = ["--train_size", "64", "--eval_size", "16", "--hidden_size", "32", "--num_layers", "1",
-        "--num_heads", "2", "--epochs", "1", "--batch_size", "16", "--quiet"]
+ROOT = Path(__file__).resolve().parents[1]
+# Short synthetic strings keep compilation and plotting cheap; the numbers task (the default)
+# is exercised by the slow tests.
+TINY = ["--task", "reverse", "--max_len", "12", "--train_size", "64", "--eval_size", "16",
+        "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "--epochs", "1",
+        "--batch_size", "16", "--quiet"]
+NUMBERS = ["--task", "numbers", "--max_len", "80"]
 # SEED.md "Outputs a run writes", plus this project's additions (with --visualize).
 SEED_FILES = [
     "training_curves.png", "analysis_report.json",
@@ -214,14 +222,19 @@ def test_run_prints_metrics_and_translations(jax_run):
 def test_both_starts_from_the_same_weights_and_prints_the_differences(tmp_path):
     folder = tmp_path / "results_both"
     printed = run_main(["--version", "both", *TINY, "--dropout", "0", "--max_steps", "2",
-                        "--output_dir", str(folder), "--beam_size", "1"])
+                        "--output_dir", str(folder), "--beam_size", "1", "--debug"])
+    assert "=== --debug: jax vs pytorch, the same inputs and weights ===" in printed
+    row = next(line for line in printed.splitlines() if line.startswith("logits "))
+    assert float(row.split()[-1]) < 1e-5  # the normalised difference of the logits
     assert "=== jax vs pytorch ===" in printed
     assert "same initial weights:" in printed and "training loss:" in printed
     report = json.loads((folder / "comparison.json").read_text(encoding="utf-8"))
     pair = report["pairs"][0]
     assert pair["versions"] == ["jax", "pytorch"]
     initial = pair["initial_intermediates"]
-    assert initial["names"] > 50 and not initial["shape_mismatches"]
+    _, config = spec.load_checkpoint(folder / "jax" / "final")
+    assert initial["names"] == len(spec.intermediate_shapes(config, 4, 8, 8))  # every name
+    assert not initial["shape_mismatches"]
     assert initial["missing"] == {"jax": [], "pytorch": []}
     assert initial["max_normalized"] < 1e-5  # float32 rounding only
     # No dropout, the same batches: the first loss is the same forward in both frameworks.
@@ -238,7 +251,7 @@ def test_both_starts_from_the_same_weights_and_prints_the_differences(tmp_path):
 @pytest.mark.parametrize("version", ["pytorch", "huggingface"])
 def test_torch_and_hf_runs_write_the_seed_outputs(version, tmp_path):
     folder = tmp_path / f"results_{version}"
-    printed = run_main(["--version", version, *TINY, "--output_dir", str(folder),
+    printed = run_main(["--version", version, *TINY, *NUMBERS, "--output_dir", str(folder),
                         "--visualize", "--debug"])
     assert_run_folder(folder, version)
     assert f"=== --debug: {version} forward pass" in printed
@@ -271,6 +284,38 @@ def test_same_seed_same_numbers(tmp_path):
     assert runs[0] == runs[2]
     for key in runs[1]:
         np.testing.assert_array_equal(runs[1][key], runs[3][key])
+
+
+@pytest.mark.slow
+def test_resume_continues_the_run(tmp_path):
+    folder = tmp_path / "results_jax"
+    run_main(["--version", "jax", *TINY, "--max_steps", "2", "--output_dir", str(folder)])
+    run_main(["--version", "jax", *TINY, "--max_steps", "4", "--output_dir", str(folder),
+              "--resume"])
+    records = [json.loads(line) for line in
+               (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
+    run_main(["--version", "jax", *TINY, "--max_steps", "4", "--output_dir",
+              str(tmp_path / "whole")])
+    whole = [json.loads(line) for line in
+             (tmp_path / "whole" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["loss"] for r in records if r["split"] == "train"] == \
+        [r["loss"] for r in whole if r["split"] == "train"]
+
+
+@pytest.mark.slow
+def test_wandb_logs_offline_without_a_login(tmp_path):
+    pytest.importorskip("wandb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), MPLBACKEND="Agg")  # no ~/.netrc login
+    folder = tmp_path / "results_jax"
+    done = subprocess.run([sys.executable, str(ROOT / "main.py"), "--version", "jax", *TINY,
+                           "--max_steps", "2", "--output_dir", str(folder), "--wandb",
+                           "--wandb_project", "lab-test"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((folder / "wandb").glob("offline-run-*"))
+    assert runs, sorted(p.name for p in folder.rglob("*"))[:20]
 
 
 @pytest.mark.slow
