@@ -156,6 +156,19 @@ def test_load_to_canonical_round_trip_and_kernel_transpose(config):
                                   flat["encoder/layer_0/ffn_norm/scale"])
 
 
+def test_to_canonical_is_a_copy():
+    """Arrays handed out must not be views of live parameters (training mutates those)."""
+    model = loaded(CONFIGS["post_interleaved_shared"])
+    flat = model.to_canonical()
+    before = flat["encoder/layer_0/ffn_norm/bias"].copy()
+    with torch.no_grad():
+        model.encoder.layer_0.ffn_norm.bias.add_(1.0)
+        model.shared_embedding.weight.mul_(2.0)
+    np.testing.assert_array_equal(flat["encoder/layer_0/ffn_norm/bias"], before)
+    assert not np.array_equal(model.to_canonical()["shared_embedding/embedding"],
+                              flat["shared_embedding/embedding"])
+
+
 def test_init_is_deterministic():
     config = CONFIGS["pre_split_untied_bias_gelu"]
     a, b, c = tm.init(config, 3).to_canonical(), tm.init(config, 3).to_canonical(), tm.init(config, 4).to_canonical()

@@ -46,8 +46,9 @@ def canonical_parameters(model: Transformer) -> dict[str, tuple[nn.Parameter, bo
 
 
 def _export(t: torch.Tensor, transpose: bool) -> np.ndarray:
+    """A float32 numpy copy: never a view of the live parameter, which training mutates."""
     t = t.detach().to(torch.float32).cpu()
-    return np.ascontiguousarray((t.T if transpose else t).numpy())
+    return np.array((t.T if transpose else t).numpy(), order="C", copy=True)
 
 
 def load_canonical(model: Transformer, flat: Mapping[str, object]) -> None:
@@ -59,7 +60,7 @@ def load_canonical(model: Transformer, flat: Mapping[str, object]) -> None:
     check_params(flat, model.config)
     with torch.no_grad():
         for name, (param, transpose) in canonical_parameters(model).items():
-            value = torch.as_tensor(np.asarray(to_numpy(flat[name]), dtype=np.float32))
+            value = torch.tensor(np.asarray(to_numpy(flat[name]), dtype=np.float32))
             param.copy_(value.T if transpose else value)  # kernel [in, out] -> weight [out, in]
 
 
