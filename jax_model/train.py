@@ -196,9 +196,14 @@ def make_train_step(model_config: TransformerConfig, train: TrainConfig, mesh=No
             grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
             return grad_sum, (loss, aux)
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grad_sum, (losses, aux) = jax.lax.scan(body, zeros, (jnp.arange(accum), batch))
-        grads = jax.tree.map(lambda g: g / accum, grad_sum)
+        if accum == 1:  # no loop: a simpler program that compiles faster
+            loss, aux, grads = micro_step(state.params, jax.tree.map(lambda x: x[0], batch),
+                                          jax.random.fold_in(key, 0))
+            losses, aux = loss[None], jax.tree.map(lambda x: x[None], aux)
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            grad_sum, (losses, aux) = jax.lax.scan(body, zeros, (jnp.arange(accum), batch))
+            grads = jax.tree.map(lambda g: g / accum, grad_sum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -279,7 +284,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
           output_dir: str | Path, *, resume: bool = False, mesh=None,
           train_split: str = "train", eval_split: str = "eval", tensorboard: bool = False,
           wandb: bool = False, wandb_project: str | None = None, progress: bool = True,
-          rng_impl: str = "rbg", probe_size: int = 4) -> TrainResult:
+          rng_impl: str = "rbg", probe_size: int = 4, params: Any = None) -> TrainResult:
     """Train `model_config` on `task`, writing everything under `output_dir`.
 
     Writes `metrics.jsonl` (+ `tensorboard/`, `wandb/` when asked), orbax checkpoints in
@@ -290,6 +295,8 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     from the latest checkpoint (a fresh start when there is none).  A NaN/inf loss raises
     `training.NonFiniteLossError` naming the step; the checkpoints written before it stay.
     Evaluates every `eval_every` steps and at the end.  Multi-host: see `jax_model.sharding`.
+    `params`: initial weights, a Flax tree or a canonical flat dict (default:
+    `jax_model.init(model_config, train_config.seed)`); ignored when resuming a checkpoint.
     """
     start_time = time.perf_counter()
     output_dir = Path(output_dir)
@@ -306,7 +313,9 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     total = train_data.total_steps(train_config.max_steps, train_config.epochs, per_epoch,
                                    train_config.grad_accum_steps)
 
-    state = shard.replicate(create_train_state(model_config, train_config), mesh)
+    if params is not None and any("/" in str(k) for k in params):
+        params = jax_model.from_canonical(params, model_config)
+    state = shard.replicate(create_train_state(model_config, train_config, params), mesh)
     checkpointer = Checkpointer(output_dir / "checkpoints", keep=max(train_config.keep_checkpoints,
                                                                      1))
     start = 0
@@ -348,8 +357,8 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
 
     def track(step: int) -> None:
         inter = capture_internals(state.params, model_config, probe)
-        training.save_internals(output_dir, step, inter,
-                                {k: probe[k] for k in train_data.BATCH_KEYS})
+        training.save_internals(output_dir, step, inter, {
+            "src": probe["src"], "tgt": probe["tgt_in"], "labels": probe["labels"]})
 
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate(state.params, model_config, train_config, task, eval_split, shape,

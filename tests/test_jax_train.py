@@ -187,8 +187,6 @@ def dot_operand_dtypes(jaxpr) -> list[tuple[str, ...]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="waits for docs/requests-jax.md #1 (Embed adds a float32 "
-                   "position table to bf16 vectors); remove this mark when it lands")
 def test_bf16_computes_in_bfloat16_with_float32_masters():
     config = tiny(dropout_rate=0.0)
     train = spec.TrainConfig(mixed_precision="bf16", warmup_steps=3)
@@ -304,7 +302,7 @@ def test_train_loop_writes_metrics_checkpoints_internals_and_export(tmp_path):
     assert {k: v.shape for k, v in inter0.items()} == spec.intermediate_shapes(config, 4, s_len,
                                                                                t_len)
     init = jax_model.init(config, LOOP.seed)
-    logits, _ = jax_model.forward(init, config, probe["src"], probe["tgt_in"], capture=False)
+    logits, _ = jax_model.forward(init, config, probe["src"], probe["tgt"], capture=False)
     np.testing.assert_allclose(inter0["logits"], logits, rtol=1e-5, atol=1e-5)
     inter12, probe12 = training.load_internals(steps[2][1])
     np.testing.assert_array_equal(probe12["src"], probe["src"])

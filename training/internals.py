@@ -29,8 +29,8 @@ def save_internals(folder: str | os.PathLike, step: int, inter: Mapping[str, obj
                    inputs: Mapping[str, object] | None = None) -> Path:
     """Write `inter` ({canonical_name: array}) and the probe `inputs` for step `step`.
 
-    `inputs` maps short names (`src`, `tgt`, `labels`) to the token arrays the intermediates
-    were computed from; they are stored under `inputs/<name>`.
+    `inputs` maps short names (`src`, `tgt` (the decoder input), `labels`) to the token arrays
+    the intermediates were computed from; they are stored under `inputs/<name>`.
     """
     if not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"step must be an integer >= 0, got {step!r}")
