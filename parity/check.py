@@ -134,9 +134,35 @@ def decoding(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
     return checks
 
 
+ADAM_STEPS = 10
+
+
+def optimizer_steps(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
+    """Ten Adam steps of each trainer's own step function (optax vs torch.optim) on the same
+    batches, dropout off: every parameter after every step.  The warm-up ramp and clipping are
+    on, so the schedule and the clip are checked too."""
+    from spec import TrainConfig
+
+    config = config.replace(dropout_rate=0.0, attention_dropout_rate=0.0)
+    train = TrainConfig(schedule="constant", learning_rate=1e-3, warmup_steps=3, clip_norm=1.0,
+                        adam_eps=tolerances.OPTIMIZER_EPS, label_smoothing=LABEL_SMOOTHING)
+    b, s = batch["src"].shape
+    t = batch["tgt_in"].shape[1]
+    batches = [batch] + [make_batch(config, 1000 + i, b, s, t) for i in range(ADAM_STEPS - 1)]
+    reference = runners.jax_adam_steps(flat, config, batches, train)
+    got = runners.torch_adam_steps(flat, config, batches, train)
+    order = list(param_shapes(config))
+    checks = []
+    for step, (params, ref) in enumerate(zip(got, reference), start=1):
+        checks += compare("torch~jax", params, ref, tolerances.OPTIMIZER, order,
+                          prefix=f"adam/step_{step}/")
+    return checks
+
+
 SECTIONS: dict[str, Callable[[TransformerConfig, dict, dict], list[Check]]] = {
     "forward": forward_and_gradients,
     "decoding": decoding,
+    "optimizer": optimizer_steps,
     "marian": marian,
 }
 

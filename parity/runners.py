@@ -69,6 +69,21 @@ def torch_model_from(flat: Flat, config: TransformerConfig):
     return torch_model.Transformer(config).load_canonical(flat).eval()
 
 
+def torch_adam_steps(flat: Flat, config: TransformerConfig, batches: list[Batch],
+                     train: TrainConfig) -> list[dict[str, np.ndarray]]:
+    """Parameters after each optimizer step of the torch trainer's own step function."""
+    import torch_model
+    from torch_model.train import create_train_state, train_step
+
+    state = create_train_state(config, train, flat, device="cpu")
+    history = []
+    with torch_model.full_precision():
+        for batch in batches:
+            train_step(state, [batch], config, train)
+            history.append(state.model.to_canonical())
+    return history
+
+
 def torch_forward(flat: Flat, config: TransformerConfig, batch: Batch) -> dict[str, np.ndarray]:
     import torch_model
 
