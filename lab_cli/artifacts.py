@@ -126,14 +126,14 @@ def vocabulary(tokenizer: Any) -> dict[int, str]:
 def training_captures(run_dir: Path) -> list[tuple[int, dict[str, np.ndarray]]]:
     """The trainer's `internals_step_<N>.npz` captures (none when it tracked nothing).
 
-    The decoder input is stored as `inputs/tgt_in` by the trainers (their batch key) and read
-    as `inputs/tgt` by `analysis`; both names are kept."""
+    The contract stores the probe's decoder input as `inputs/tgt`; the torch and HF trainers
+    still write their batch key `inputs/tgt_in`, which is read as `inputs/tgt`."""
     if not any(run_dir.glob("internals_step_*.npz")):
         return []
     captures = load_captures(run_dir)
     for _, capture in captures:
         if "inputs/tgt_in" in capture:
-            capture.setdefault("inputs/tgt", capture["inputs/tgt_in"])
+            capture.setdefault("inputs/tgt", capture.pop("inputs/tgt_in"))
     return captures
 
 

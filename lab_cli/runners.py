@@ -1,8 +1,8 @@
 """Train one version with its own trainer, from the run's shared initial weights.
 
-JAX: `jax_model.train.train` (its initial weights are `jax_model.init(config, seed)`, the same
-canonical weights `models.initial_weights` gives).  PyTorch: `torch_model.train.train`;
-Hugging Face: `hf_bridge.trainer.train`; both get the canonical initial weights as `params`.
+JAX `jax_model.train.train`, PyTorch `torch_model.train.train`, Hugging Face
+`hf_bridge.trainer.train`: each gets the canonical initial weights as `params` (ignored when
+resuming from a checkpoint).
 `--dataloader_num_workers` reaches the HF Trainer's DataLoader; the JAX trainer and the plain
 torch loop make their numpy batches in-process.
 Every trainer writes `metrics.jsonl`, `internals_step_<N>.npz` and `final/` into its folder.
@@ -42,7 +42,8 @@ def train(version: str, setup: RunSetup, initial: dict[str, Any], run_dir: Path,
     if version == "jax":
         from jax_model.train import train as jax_train
 
-        result = jax_train(setup.model, setup.train, setup.task, run_dir, **common)
+        result = jax_train(setup.model, setup.train, setup.task, run_dir, params=initial,
+                           **common)
     elif version == "pytorch":
         from torch_model.train import train as torch_train
 
