@@ -173,6 +173,18 @@ def test_version_defaults():
     assert cli_args.parse_args([]).track_internals is False
 
 
+def test_translate_flag_picks_the_example_sources():
+    from lab_cli import artifacts
+
+    args = cli_args.parse_args(["--task", "reverse", "--train_size", "16", "--eval_size", "4",
+                                "--translate", "abc", "--translate", "xyz"])
+    task = configs.build_task(args)
+    assert artifacts.example_sources(args, task) == (["abc", "xyz"], None)
+    args.translate = None
+    sources, references = artifacts.example_sources(args, task)
+    assert list(zip(sources, references)) == task.pairs("eval")[:artifacts.EXAMPLES]
+
+
 def test_flag_error_names_flags_not_fields():
     message = cli_args.flag_error(ValueError("config field d_model=30 is not divisible by "
                                              "num_heads=4: each head needs ..."))
