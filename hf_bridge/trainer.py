@@ -166,8 +166,9 @@ class TransformerLabTrainer(Trainer):
         with torch.no_grad():
             keep = labels != cfg.pad_id
             counts = torch.stack([((logits.argmax(-1) == labels) & keep).sum(), keep.sum()])
-            self._hits = counts[0] if self._hits is None else self._hits + counts[0]
-            self._tokens = counts[1] if self._tokens is None else self._tokens + counts[1]
+            if model.training:  # the next logged step's token accuracy
+                self._hits = counts[0] if self._hits is None else self._hits + counts[0]
+                self._tokens = counts[1] if self._tokens is None else self._tokens + counts[1]
             world = self.accelerator.num_processes
             count = self.accelerator.reduce(counts[1].clone(), "sum") if world > 1 else counts[1]
         loss = total / torch.clamp(count, min=1) * world

@@ -47,10 +47,11 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclasses.dataclass
 class TrainResult:
-    """What `train` returns; the fields of `jax_model.train.TrainResult`, with the trained
-    `model` (a `Transformer`) where JAX returns its Flax `params`."""
+    """What `train` (and `hf_bridge.trainer.train`) returns: the fields of
+    `jax_model.train.TrainResult`, with the trained `model` (a `Transformer`, or the HF
+    `TransformerLabForConditionalGeneration`) where JAX returns its Flax `params`."""
 
-    model: Transformer
+    model: torch.nn.Module
     history: list[dict[str, float]]
     eval_metrics: dict[str, float]
     steps: int
