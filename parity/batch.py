@@ -18,6 +18,9 @@ def make_batch(config: TransformerConfig, seed: int = 0, batch: int = 3, src_len
     for name, value in (("batch", batch), ("src_len", src_len), ("tgt_len", tgt_len)):
         if not isinstance(value, int) or value < 2:
             raise ValueError(f"parity {name}={value!r} is invalid: expected an integer >= 2")
+    for name, value in (("src_len", src_len), ("tgt_len", tgt_len)):
+        if value > config.max_len:
+            raise ValueError(f"parity {name}={value} is over the config's max_len={config.max_len}")
     rng = np.random.default_rng(seed)
     special = {config.pad_id, config.bos_id, config.eos_id}
     vocab_lo = max(special) + 1

@@ -35,11 +35,20 @@ LABEL_SMOOTHING = 0.1
 
 
 def force_full_precision() -> None:
-    """Full float32 matmuls on every backend: no TF32 in torch, 'highest' in jax."""
+    """Full float32 matmuls on every backend: no TF32 in torch, 'highest' in jax.
+
+    Also turns on JAX's persistent compilation cache (`TLAB_JAX_CACHE`, default
+    ~/.cache/transformer-lab/jax; "off" disables it): XLA compilation is most of a run's time
+    on a CPU, and the cache is keyed by the program and flags, so results cannot change."""
     import jax
     import torch
 
     jax.config.update("jax_default_matmul_precision", "highest")
+    cache = os.environ.get("TLAB_JAX_CACHE",
+                           os.path.join(os.path.expanduser("~"), ".cache", "transformer-lab", "jax"))
+    if cache != "off":
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -177,6 +186,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=3, help="batch size (default 3)")
     p.add_argument("--src-len", type=int, default=7, help="source length (default 7)")
     p.add_argument("--tgt-len", type=int, default=5, help="target length (default 5)")
+    p.add_argument("--section", action="append", choices=list(SECTIONS),
+                   help="run only this group of checks (repeatable; default: all)")
     p.add_argument("--only", metavar="PATTERN",
                    help="report only checks whose name matches this glob (e.g. '*cross_attn*')")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
@@ -195,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parity.check: {e}", file=sys.stderr)
         return 2
     checks: list[Check] = []
-    for section in SECTIONS.values():
-        checks += section(config, flat, batch)
+    for name in args.section or list(SECTIONS):
+        checks += SECTIONS[name](config, flat, batch)
     if args.only:
         checks = [c for c in checks if fnmatch.fnmatchcase(c.name, args.only)
                   or fnmatch.fnmatchcase(c.name, f"*{args.only}*")]
