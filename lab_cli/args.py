@@ -35,7 +35,7 @@ FIELD_FLAGS = {
     "label_smoothing": "--label_smoothing", "clip_norm": "--clip_norm", "seed": "--seed",
     "schedule": "--schedule", "train_size": "--train_size", "eval_size": "--eval_size",
     "src_lang": "--src_lang", "tgt_langs": "--tgt_lang", "path": "--data",
-    "eval_path": "--eval_data",
+    "eval_path": "--eval_data", "vocab_size": "--vocab_size",
 }
 
 
@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval_size", type=positive, default=DEFAULTS["eval_size"])
     data.add_argument("--max_len", type=_int_at_least(2), default=None,
                       help="longest sequence in tokens, specials included (default: fit the data)")
-    data.add_argument("--tokenizer", choices=("char", "wordpiece"), default="char")
+    data.add_argument("--tokenizer", choices=("char", "wordpiece"), default="char",
+                      help="char: one token per character; wordpiece: learnt sub-words")
+    data.add_argument("--vocab_size", type=_int_at_least(8), default=1000,
+                      help="word-piece vocabulary size (--tokenizer wordpiece)")
     data.add_argument("--dataloader_num_workers", type=non_negative, default=0,
                       help="torch DataLoader workers (pytorch, huggingface); the JAX trainer "
                            "makes its numpy batches in-process")

@@ -33,7 +33,7 @@ def build_task(args: argparse.Namespace) -> tasks.Task:
     return tasks.build_task(
         args.task, train_size=args.train_size, eval_size=args.eval_size, max_len=args.max_len,
         seed=args.seed, src_lang=args.src_lang, tgt_langs=args.tgt_lang, path=args.data,
-        eval_path=args.eval_data, tokenizer=args.tokenizer)
+        eval_path=args.eval_data, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
 
 
 def model_config(args: argparse.Namespace, task: tasks.Task) -> spec.TransformerConfig:
