@@ -114,15 +114,16 @@ def marian(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
                    tolerances.FORWARD, [n for n in order if n in got], prefix="marian:")
 
 
-DECODE_LEN = 8
 BEAM_SIZE = 3
 BEAM_ALPHA = 0.8  # not 1.0, so a wrong length-penalty exponent shows
 
 
 def decoding(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
     """Greedy and beam tokens of torch and HF `generate` against JAX, and for JAX and torch
-    each step of the cached decode against one full causal forward over the decoded tokens."""
+    each step of the cached decode against one full causal forward over the decoded tokens.
+    Decoding runs for the batch's target length, so that full forward reuses its compilation."""
     src = batch["src"]
+    DECODE_LEN = batch["tgt_in"].shape[1]  # noqa: N806
     checks = []
     ref_greedy, jax_steps = runners.jax_decode(flat, config, src, DECODE_LEN, capture=True)
     torch_greedy, torch_steps = runners.torch_decode(flat, config, src, DECODE_LEN, capture=True)
