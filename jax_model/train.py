@@ -4,8 +4,8 @@ accumulation, clipping, bf16, dropout, data parallelism, orbax checkpoints, eval
 The pieces, each usable alone:
 - `make_optimizer`: clip_by_global_norm (when `clip_norm > 0`) then Adam(b1, b2, eps) whose
   learning rate is `spec.learning_rate` wrapped as an optax schedule.
-- `loss_fn`: label-smoothed cross-entropy, mean over non-pad labels, exactly
-  `spec.label_smoothed_cross_entropy` (optax `smooth_labels` + `softmax_cross_entropy`).
+- `loss_fn`: label-smoothed cross-entropy (optax `smooth_labels` semantics), mean over non-pad
+  labels, exactly `spec.label_smoothed_cross_entropy`.
 - `make_train_step`: one jitted optimizer update.  Gradient accumulation is an explicit
   `lax.scan` over the `grad_accum_steps` micro-batches stacked on a leading axis (not
   `optax.MultiSteps`): one call is one update, so the step counter, the schedule and the
@@ -14,9 +14,10 @@ The pieces, each usable alone:
   from `training.step_batches` (a function of the seed) and the dropout key of step N is
   `fold_in(key(seed), N)`, so a run killed and resumed repeats the uninterrupted losses.
 
-Dropout keys use the "rbg" PRNG by default: XLA's RngBitGenerator makes the masks far cheaper
-than threefry on CPU and GPU, and "rbg" still gives the same bits whatever the sharding (the
-`rng_impl` argument picks "threefry2x32" or "unsafe_rbg" instead; see benchmarks/train_step.py).
+Dropout keys use the "rbg" PRNG by default: masks come from XLA's RngBitGenerator instead of
+threefry hashing (which a prototype found expensive on accelerators), while key derivation stays
+threefry's, so the bits are the same whatever the sharding.  `rng_impl` picks "threefry2x32" or
+"unsafe_rbg" instead; `benchmarks/train_step.py` times all three (on CPU they are close).
 """
 
 from __future__ import annotations
@@ -106,12 +107,16 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, pad_id: int,
                            smoothing: float) -> tuple[jax.Array, jax.Array]:
     """`[b, t, v]` logits, `[b, t]` labels -> (sum of per-token losses, non-pad count).
 
-    Target distribution `(1 - eps) * onehot + eps / v` (optax.smooth_labels), pad labels
-    weighted 0: the mean is `sum / max(count, 1)`, as in `spec.label_smoothed_cross_entropy`.
+    The target distribution is optax.smooth_labels' `(1 - eps) * onehot + eps / v`, whose
+    cross-entropy is `(1 - eps) * nll + eps * mean_v(-log p)`: written that way, with optax's
+    integer-label cross-entropy, no `[b, t, v]` target array is built (measurably faster on
+    CPU at vocabulary 8000).  Pad labels weigh 0: the mean is `sum / max(count, 1)`, as in
+    `spec.label_smoothed_cross_entropy`.
     """
     logits = logits.astype(jnp.float32)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-    per_token = optax.softmax_cross_entropy(logits, targets)  # [b, t]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [b, t]
+    uniform = -jax.nn.log_softmax(logits).mean(-1)                       # [b, t]
+    per_token = (1.0 - smoothing) * nll + smoothing * uniform             # [b, t]
     keep = (labels != pad_id).astype(jnp.float32)
     return (per_token * keep).sum(), keep.sum()
 
@@ -292,8 +297,9 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     kept), `internals_step_<N>.npz` every `track_internals_every` steps (and at step 0) on a
     fixed probe batch (the first `probe_size` examples of `eval_split`), and the final weights
     as a canonical checkpoint in `final/` (`spec.save_checkpoint`).  `resume=True` continues
-    from the latest checkpoint (a fresh start when there is none).  A NaN/inf loss raises
-    `training.NonFiniteLossError` naming the step; the checkpoints written before it stay.
+    from the latest checkpoint (a fresh start when there is none).  A NaN/inf loss or gradient
+    norm raises `training.NonFiniteLossError` naming the step; the checkpoints written before
+    it (all of finite weights) stay.
     Evaluates every `eval_every` steps and at the end.  Multi-host: see `jax_model.sharding`.
     `params`: initial weights, a Flax tree or a canonical flat dict (default:
     `jax_model.init(model_config, train_config.seed)`); ignored when resuming a checkpoint.
@@ -315,6 +321,8 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
 
     if params is not None and any("/" in str(k) for k in params):
         params = jax_model.from_canonical(params, model_config)
+    elif params is not None:  # a copy: the train step donates (deletes) the buffers it gets
+        params = jax.tree.map(jnp.array, params)
     state = shard.replicate(create_train_state(model_config, train_config, params), mesh)
     checkpointer = Checkpointer(output_dir / "checkpoints", keep=max(train_config.keep_checkpoints,
                                                                      1))
@@ -323,7 +331,10 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     if latest is not None:
         state, meta = checkpointer.restore(latest, state)
         _check_meta(meta, model_config, train_config)
-        start = int(state.step)
+        start = int(_local(state.step))
+    # Multi-host: every process trains; only process 0 writes logs, internals and the export.
+    primary = jax.process_index() == 0
+    log_dir = output_dir if primary else output_dir / f"process_{jax.process_index()}"
     meta = {"model_config": model_config.to_dict(), "train_config": train_config.to_dict()}
 
     train_step = make_train_step(model_config, train_config, mesh, rng_impl=rng_impl)
@@ -338,31 +349,39 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     last_saved = latest
 
     logger = training.MetricsLogger(
-        output_dir, total_steps=total, resume_step=start if resume else None,
-        tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project,
-        run_config={**meta["model_config"], **meta["train_config"]}, progress=progress)
+        log_dir, total_steps=total, resume_step=start if resume else None,
+        tensorboard=tensorboard and primary, wandb=wandb and primary,
+        wandb_project=wandb_project, run_config={**meta["model_config"],
+                                                 **meta["train_config"]},
+        progress=progress and primary)
 
     def flush() -> None:
         """Fetch the pending metrics, log them, stop at the first non-finite loss."""
-        fetched = jax.device_get(pending)
+        fetched = _local(pending)
         pending.clear()
         for step, metrics in fetched:
             record = {k: float(v) for k, v in metrics.items()}
             logger.log(step, record)
             history.append({"step": step, **record})
             training.check_finite([(step, record["loss"])], last_saved)
+            # NaN gradients with a finite loss still poison the weights of this update
+            training.check_finite([(step, record["grad_norm"])], last_saved, "gradient norm")
         if fetched:
             logger.advance(len(fetched), {"loss": fetched[-1][1]["loss"]})
         logger.flush()
 
     def track(step: int) -> None:
+        if not primary:
+            return
         inter = capture_internals(state.params, model_config, probe)
         training.save_internals(output_dir, step, inter, {
             "src": probe["src"], "tgt": probe["tgt_in"], "labels": probe["labels"]})
 
-    def run_eval(step: int) -> dict[str, float]:
+    def run_eval(step: int, log: bool = True) -> dict[str, float]:
         metrics = evaluate(state.params, model_config, train_config, task, eval_split, shape,
                            mesh=mesh, eval_step=eval_step, decode=decode)
+        if not log:  # a resumed run that was already finished: its log has this line
+            return metrics
         logger.log(step, metrics, split="eval")
         logger.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         return metrics
@@ -394,17 +413,29 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
             if train_config.eval_every and step % train_config.eval_every == 0 and not last:
                 eval_metrics = run_eval(step)
         flush()
-        eval_metrics = run_eval(int(state.step))
+        eval_metrics = run_eval(total, log=start < total)
         checkpointer.wait()
-        final = spec.save_checkpoint(output_dir / "final", jax_model.to_canonical(
-            jax.device_get(state.params)), model_config)
-        _save_tokenizers(task, final)
+        final = output_dir / "final"
+        if primary:
+            spec.save_checkpoint(final, jax_model.to_canonical(_local(state.params)),
+                                 model_config)
+            _save_tokenizers(task, final)
     finally:
         checkpointer.close()
         logger.close()
     return TrainResult(params=state.params, history=history, eval_metrics=eval_metrics,
-                       steps=int(state.step), output_dir=output_dir, final_checkpoint=final,
+                       steps=int(_local(state.step)), output_dir=output_dir,
+                       final_checkpoint=final,
                        seconds=time.perf_counter() - start_time)
+
+
+def _local(tree: Any) -> Any:
+    """Replicated jax arrays -> numpy from this process's own copy (works on many hosts, where
+    `jax.device_get` refuses arrays that are not fully addressable)."""
+    def one(x: Any) -> Any:
+        return np.asarray(x.addressable_shards[0].data) if isinstance(x, jax.Array) else x
+
+    return jax.tree.map(one, tree)
 
 
 def _to_device(batch: Mapping[str, np.ndarray], mesh, batch_axis: int) -> dict[str, jax.Array]:

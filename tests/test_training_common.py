@@ -95,6 +95,8 @@ def test_guard_names_the_first_bad_step_and_the_kept_checkpoint():
     assert (err.step, err.value, err.last_checkpoint) == (8, float("inf"), 6)
     assert "at step 8" in str(err) and "step 6" in str(err)
     assert "no checkpoint" in training.non_finite_message(3, float("nan"))
+    with pytest.raises(training.NonFiniteLossError, match="the gradient norm is nan at step 2"):
+        training.check_finite([(1, 1.0), (2, float("nan"))], what="gradient norm")
 
 
 # -- internals files ---------------------------------------------------------------------------
