@@ -25,7 +25,7 @@ from hf_bridge.marian import (  # noqa: E402
     marian_config,
     to_marian,
 )
-from spec import TransformerConfig, param_shapes  # noqa: E402
+from spec import TransformerConfig, random_params  # noqa: E402
 
 TOL = 1e-5  # normalised max|a - b| / max(1, max|ref|): float32 reassociation only
 
@@ -38,15 +38,8 @@ def marian_cfg(**overrides) -> TransformerConfig:
 
 
 def random_flat(config: TransformerConfig, seed: int) -> dict[str, np.ndarray]:
-    """Every canonical weight random: kernels and tables N(0, 0.2), biases N(0, 0.1), norm
-    scales 1 + N(0, 0.2), so attention is far from uniform and each bias matters."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for name, shape in param_shapes(config).items():
-        std = 0.2 if len(shape) == 2 or name.endswith("scale") else 0.1
-        value = rng.normal(0.0, std, size=shape) + (1.0 if name.endswith("scale") else 0.0)
-        flat[name] = value.astype(np.float32)
-    return flat
+    """Every canonical weight random (see spec.random_params): attention far from uniform."""
+    return random_params(config, seed)
 
 
 def padded_batch(config: TransformerConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,14 +41,7 @@ def config(request) -> spec.TransformerConfig:
 
 def random_flat(config: spec.TransformerConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Canonical weights with non-trivial norms and biases, so every parameter matters."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for name, shape in spec.param_shapes(config).items():
-        scale = 0.3 if len(shape) == 2 else 0.1
-        flat[name] = rng.normal(0.0, scale, shape).astype(np.float32)
-        if name.endswith("/scale"):
-            flat[name] += 1.0
-    return flat
+    return spec.random_params(config, seed, weight_std=0.3)
 
 
 def batch(config: spec.TransformerConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
