@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts, models, runners
+from . import artifacts, configs, models, runners
 from .configs import RunSetup
 
 
@@ -60,6 +60,7 @@ def run_setup(args: argparse.Namespace, setup: RunSetup) -> dict[str, Any]:
     from . import compare
 
     print(describe(args, setup), flush=True)
+    setup.task.tokenizer.save(configs.tokenizer_folder(args))
     initial = models.initial_weights(setup.model, setup.train.seed)
     if args.debug:
         print(debug_trace(setup, initial, args.versions), flush=True)

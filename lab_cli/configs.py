@@ -29,11 +29,20 @@ class RunSetup:
     total_steps: int
 
 
+def tokenizer_folder(args: argparse.Namespace) -> Path:
+    """Where a run keeps its tokenizer, so that `--resume` reads the same token ids."""
+    return Path(args.output_dir) / "tokenizer"
+
+
 def build_task(args: argparse.Namespace) -> tasks.Task:
+    tokenizer: str | tasks.TaskTokenizer = args.tokenizer
+    saved = tokenizer_folder(args)
+    if args.resume and (saved / "tokenizer.json").is_file():
+        tokenizer = tasks.TaskTokenizer.load(saved)
     return tasks.build_task(
         args.task, train_size=args.train_size, eval_size=args.eval_size, max_len=args.max_len,
         seed=args.seed, src_lang=args.src_lang, tgt_langs=args.tgt_lang, path=args.data,
-        eval_path=args.eval_data, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+        eval_path=args.eval_data, tokenizer=tokenizer, vocab_size=args.vocab_size)
 
 
 def model_config(args: argparse.Namespace, task: tasks.Task) -> spec.TransformerConfig:
