@@ -164,6 +164,16 @@ def test_flags_build_the_configs():
     assert args.output_dir == "results_jax" and args.versions == ("jax",)
 
 
+def test_corpus_task_reads_the_data_file(tmp_path):
+    data = tmp_path / "pairs.tsv"
+    data.write_text("".join(f"hello {i}\thallo {i}\n" for i in range(30)), encoding="utf-8")
+    args = cli_args.parse_args(["--task", "corpus", "--data", str(data), "--train_size", "20",
+                                "--eval_size", "5", "--tokenizer", "char"])
+    task = configs.setup(args).task
+    assert len(task.pairs("train")) == 20 and len(task.pairs("eval")) == 5
+    assert all(t == "hallo " + s.split()[1] for s, t in task.pairs("train"))
+
+
 def test_version_defaults():
     assert cli_args.parse_args(["--version", "both"]).versions == ("jax", "pytorch")
     assert cli_args.parse_args(["--version", "all"]).versions == ("jax", "pytorch",
