@@ -29,8 +29,9 @@ from tokenizers import (
     normalizers,
     pre_tokenizers,
     processors,
-    trainers,
 )
+
+from .pieces import learn_pieces
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -161,9 +162,10 @@ def build_tokenizer(texts: Iterable[str], kind: str = "char", *,
         backend.decoder = decoders.WordPiece(cleanup=False)
     backend.normalizer = normalizers.NFC()
     if kind == "wordpiece":
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                            show_progress=False)
-        backend.train_from_iterator(clean, trainer)
+        pieces = learn_pieces((normalizers.NFC().normalize_str(t) for t in clean),
+                              vocab_size - len(specials))
+        vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
+        backend.model = models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=200)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     backend.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", pair=f"$A $B {EOS}", special_tokens=[(EOS, EOS_ID)])

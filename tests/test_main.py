@@ -296,13 +296,7 @@ def test_all_compares_three_versions(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tokenizer", [
-    "char",
-    pytest.param("wordpiece", marks=pytest.mark.xfail(
-        strict=True, reason="tasks: the WordPiece trainer numbers its vocabulary in hash "
-                            "order, so token ids differ between processes (requested fix: "
-                            "re-index the trained vocabulary in sorted order)")),
-])
+@pytest.mark.parametrize("tokenizer", ["char", "wordpiece"])
 def test_same_seed_same_numbers(tokenizer, tmp_path):
     runs = []
     for name in ("a", "b"):  # separate processes, as two invocations of the command are

@@ -381,3 +381,26 @@ def test_alphabet_covers_the_range():
     de = {c for t in alphabet_texts(("de",), 1_000_000) for c in t}
     assert {"ß", "ü"} <= de and " " not in de   # dreißig, fünf; one compound word
     assert "m" in {c for t in alphabet_texts(("de",), 2_000_000) for c in t}  # eine million
+
+
+def test_word_pieces_are_the_same_in_every_process():
+    """The library's WordPiece trainer breaks frequency ties in hash order; ours must not."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import tasks; t = tasks.build_task('numbers', train_size=3000, eval_size=10, "
+            "seed=0, tokenizer='wordpiece', vocab_size=120); "
+            "print(sorted(t.tokenizer.backend.get_vocab().items()))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": str(s)}
+                           ).stdout for s in (1, 2, 3)}
+    assert len(outs) == 1
+
+
+def test_learn_pieces_merges_the_most_frequent_pair_first():
+    from tasks.pieces import learn_pieces
+
+    # pairs: (a, ##b) x3 first; then (##a, ##b) and (ab, ##a) tie at 2: the smaller text wins.
+    pieces = learn_pieces(["abab abab ab", "cd"], size=8)
+    assert pieces == ["##a", "##b", "##d", "a", "c", "ab", "##ab", "abab"]
