@@ -44,11 +44,8 @@ from torch_model.api import mode
 from torch_model.train import (
     TrainResult,
     amp_dtype,
-    check_resume,
-    check_task,
     make_adam,
     make_scheduler,
-    probe_batch,
 )
 from training import data as train_data
 
@@ -392,7 +389,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     start_time = time.perf_counter()
     output_dir = Path(output_dir)
     amp_dtype(train_config)
-    check_task(task, model_config)
+    training.check_task(task, model_config)
     rows = train_config.batch_size
     src_len, tgt_len = train_data.fixed_lengths(task, (train_split, eval_split), rows,
                                                 train_config.seed, model_config.max_len)
@@ -410,7 +407,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     start = 0
     if last is not None:
         meta = json.loads((Path(last) / META_FILE).read_text(encoding="utf-8"))
-        check_resume(meta, model_config, train_config)
+        training.check_resume(meta, model_config, train_config)
         start = int(Path(last).name.split("-")[-1])
 
     flat = params if params is not None else torch_model.init(model_config,
@@ -420,7 +417,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     dataset = PlanDataset(task, train_split, rows, train_config.seed, per_epoch,
                           total * train_config.grad_accum_steps, src_len, tgt_len,
                           model_config.pad_id, args.process_index, args.world_size)
-    probe = probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
+    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
                         train_config.seed)
     run_config = {**model_config.to_dict(), **train_config.to_dict()}
     logger = training.MetricsLogger(output_dir, total_steps=total,
@@ -447,8 +444,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
         final = output_dir / "final"
         if main:
             spec.save_checkpoint(final, model.to_canonical(), model_config)
-            if hasattr(task, "tokenizer"):
-                task.tokenizer.save(final)
+            training.save_tokenizers(task, final)
             with _quiet(not progress):
                 model.save_pretrained(output_dir / "hf_model")
         trainer.accelerator.wait_for_everyone()

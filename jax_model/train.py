@@ -309,7 +309,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     compute_dtype(train_config)
     if rng_impl not in RNG_IMPLS:
         raise ValueError(f"rng_impl={rng_impl!r} is unknown; expected one of {RNG_IMPLS}")
-    _check_task(task, model_config)
+    training.check_task(task, model_config)
     mesh = shard.make_mesh() if mesh is None else mesh
     rows = train_config.batch_size
     shard.check_batch_size(rows, mesh)
@@ -330,7 +330,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     latest = checkpointer.latest_step() if resume else None
     if latest is not None:
         state, meta = checkpointer.restore(latest, state)
-        _check_meta(meta, model_config, train_config)
+        training.check_resume(meta, model_config, train_config)
         start = int(_local(state.step))
     # Multi-host: every process trains; only process 0 writes logs, internals and the export.
     primary = jax.process_index() == 0
@@ -340,7 +340,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     train_step = make_train_step(model_config, train_config, mesh, rng_impl=rng_impl)
     eval_step = make_eval_step(model_config, train_config, mesh)
     decode = make_decode(model_config, tgt_len)
-    probe = _probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
+    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
                          train_config.seed)
     shape = (rows, src_len, tgt_len)
     history: list[dict[str, float]] = []
@@ -419,7 +419,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
         if primary:
             spec.save_checkpoint(final, jax_model.to_canonical(_local(state.params)),
                                  model_config)
-            _save_tokenizers(task, final)
+            training.save_tokenizers(task, final)
     finally:
         checkpointer.close()
         logger.close()
@@ -441,47 +441,3 @@ def _local(tree: Any) -> Any:
 def _to_device(batch: Mapping[str, np.ndarray], mesh, batch_axis: int) -> dict[str, jax.Array]:
     arrays = {k: np.asarray(v, dtype=np.int32) for k, v in batch.items()}
     return shard.shard_batch(arrays, mesh, batch_axis)
-
-
-def _probe_batch(task: Any, split: str, size: int, src_len: int, tgt_len: int, pad_id: int,
-                 seed: int) -> dict[str, np.ndarray]:
-    """The first `size` examples of `split`, padded to the training widths: a fixed batch."""
-    batch = next(iter(task.batches(split, size, 0, seed, 0)))
-    return train_data.pad_batch(batch, len(batch["src"]), src_len, tgt_len, pad_id)
-
-
-def _check_task(task: Any, config: TransformerConfig) -> None:
-    for side in ("src", "tgt"):
-        have = getattr(task, f"{side}_vocab_size", None)
-        room = getattr(config, f"{side}_vocab_size")
-        if have is not None and have > room:
-            raise ValueError(f"the task's {side} vocabulary has {have} tokens, more than the "
-                             f"model config's {side}_vocab_size={room}: build the config with "
-                             f"task.model_config(...)")
-
-
-def _save_tokenizers(task: Any, folder: Path) -> None:
-    """Put the tokenizer(s) beside the exported weights, so torch / HF users can decode."""
-    if getattr(task, "shared_vocab", False):
-        task.tokenizer.save(folder)
-    elif hasattr(task, "src_tokenizer"):
-        task.src_tokenizer.save(folder / "src_tokenizer")
-        task.tgt_tokenizer.save(folder / "tgt_tokenizer")
-
-
-def _check_meta(meta: Mapping[str, Any], model_config: TransformerConfig,
-                train_config: TrainConfig) -> None:
-    """A resumed run must train the same model the same way."""
-    saved = meta.get("model_config")
-    if saved != model_config.to_dict():
-        raise ValueError(f"cannot resume: the checkpoint was written for model config {saved}, "
-                         f"not {model_config.to_dict()}")
-    saved_train = dict(meta.get("train_config", {}))
-    now = train_config.to_dict()
-    # Run length and bookkeeping may change on resume; the optimisation may not.
-    free = {"epochs", "max_steps", "log_every", "eval_every", "checkpoint_every",
-            "keep_checkpoints", "track_internals_every"}
-    differ = sorted(k for k in now if k not in free and saved_train.get(k) != now[k])
-    if differ:
-        raise ValueError(f"cannot resume: train config field(s) {differ} differ from the "
-                         f"checkpoint's ({ {k: saved_train.get(k) for k in differ} })")

@@ -328,7 +328,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 def test_bad_inputs_raise_value_errors(tmp_path):
     task = copy_task()
     small = task.model_config("tiny").replace(src_vocab_size=8, tgt_vocab_size=8)
-    with pytest.raises(ValueError, match="more than the model's src_vocab_size=8"):
+    with pytest.raises(ValueError, match="more than the model config's src_vocab_size=8"):
         tt.train(small, spec.TrainConfig(max_steps=1), task, tmp_path, device="cpu",
                  progress=False)
     with pytest.raises(ValueError, match="keep=0 is invalid"):

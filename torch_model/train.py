@@ -281,7 +281,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     output_dir = Path(output_dir)
     device = torch.device(device) if device is not None else default_device()
     amp_dtype(train_config)
-    check_task(task, model_config)
+    training.check_task(task, model_config)
     rows = train_config.batch_size
     src_len, tgt_len = train_data.fixed_lengths(task, (train_split, eval_split), rows,
                                                 train_config.seed, model_config.max_len)
@@ -297,7 +297,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     saved: dict[str, Any] = {}
     if latest is not None:
         flat, _, saved = checkpointer.restore(latest)
-        check_resume(saved, model_config, train_config)
+        training.check_resume(saved, model_config, train_config)
         state.model.load_canonical(flat)
         state.optimizer.load_state_dict(saved["optimizer"])
         state.scheduler.load_state_dict(saved["scheduler"])
@@ -307,7 +307,7 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     start = state.step
     meta = {"model_config": model_config.to_dict(), "train_config": train_config.to_dict()}
 
-    probe = probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
+    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
                         train_config.seed)
     shape = (rows, src_len, tgt_len)
     history: list[dict[str, float]] = []
@@ -381,45 +381,9 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
             eval_metrics = run_eval(state.step)
         final = spec.save_checkpoint(output_dir / "final", state.model.to_canonical(),
                                      model_config)
-        if hasattr(task, "tokenizer"):
-            task.tokenizer.save(final)  # so every implementation can decode with the weights
+        training.save_tokenizers(task, final)
     finally:
         logger.close()
     return TrainResult(model=state.model, history=history, eval_metrics=eval_metrics,
                        steps=state.step, output_dir=output_dir, final_checkpoint=final,
                        seconds=time.perf_counter() - start_time)
-
-
-def probe_batch(task: Any, split: str, size: int, src_len: int, tgt_len: int, pad_id: int,
-                seed: int) -> dict[str, np.ndarray]:
-    """The first `size` examples of `split`, padded to the training widths: a fixed batch."""
-    batch = next(iter(task.batches(split, size, 0, seed, 0)))
-    return train_data.pad_batch(batch, len(batch["src"]), src_len, tgt_len, pad_id)
-
-
-def check_task(task: Any, config: TransformerConfig) -> None:
-    """The task's tokens must fit the model's vocabularies."""
-    tok = getattr(task, "tokenizer", None)
-    vocab = getattr(tok, "vocab_size", None)
-    if vocab is not None and vocab > min(config.src_vocab_size, config.tgt_vocab_size):
-        raise ValueError(f"the task's tokenizer has {vocab} tokens, more than the model's "
-                         f"src_vocab_size={config.src_vocab_size} / "
-                         f"tgt_vocab_size={config.tgt_vocab_size}")
-
-
-# Run length and bookkeeping may change on resume; the optimisation may not.
-RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "log_every", "eval_every",
-                               "checkpoint_every", "keep_checkpoints", "track_internals_every"})
-
-
-def check_resume(saved: Mapping[str, Any], model_config: TransformerConfig,
-                 train_config: TrainConfig) -> None:
-    """A resumed run must train the same model the same way (ValueError naming what differs)."""
-    if saved.get("model_config") != model_config.to_dict():
-        raise ValueError(f"cannot resume: the checkpoint was written for model config "
-                         f"{saved.get('model_config')}, not {model_config.to_dict()}")
-    before, now = dict(saved.get("train_config", {})), train_config.to_dict()
-    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
-    if differ:
-        raise ValueError(f"cannot resume: train config field(s) {differ} differ from the "
-                         f"checkpoint's ({ {k: before.get(k) for k in differ} })")

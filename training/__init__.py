@@ -10,9 +10,11 @@ from .evaluation import EvalAccumulator
 from .guard import NonFiniteLossError, check_finite, non_finite_message
 from .internals import INPUT_PREFIX, internals_path, list_internals, load_internals, save_internals
 from .logger import MetricsLogger, read_metrics
+from .run import RESUMABLE_CHANGES, check_resume, check_task, probe_batch, save_tokenizers
 
 __all__ = [
-    "EvalAccumulator", "INPUT_PREFIX", "MetricsLogger", "NonFiniteLossError", "check_finite",
+    "EvalAccumulator", "INPUT_PREFIX", "MetricsLogger", "NonFiniteLossError", "RESUMABLE_CHANGES",
+    "check_finite", "check_resume", "check_task", "probe_batch", "save_tokenizers",
     "internals_path", "list_internals", "load_internals", "non_finite_message", "read_metrics",
     "save_internals",
 ]
