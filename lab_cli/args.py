@@ -23,7 +23,7 @@ TASKS = ("numbers", "copy", "reverse", "sort", "corpus")
 # Defaults: held-out en->de numbers below 1,000,000 with d_model 128, 2+2 layers, in a few CPU
 # minutes.  Word pieces (120) make sequences ~3x shorter than characters (about 24 tokens
 # instead of 70); more distinct numbers beat more epochs over the same ones.
-DEFAULTS = dict(epochs=2, batch_size=64, hidden_size=128, num_layers=2, num_heads=4,
+DEFAULTS = dict(epochs=3, batch_size=64, hidden_size=128, num_layers=2, num_heads=4,
                 train_size=50_000, eval_size=500, lr=1.0, warmup_steps=400, dropout=0.1,
                 tokenizer="wordpiece", vocab_size=120)
 
