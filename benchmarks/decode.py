@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import limit_threads  # noqa: E402
 from spec import TransformerConfig  # noqa: E402
 
 EOS_SUPPRESSION = -1.0e9
@@ -226,15 +227,6 @@ def measure(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, list[flo
     return first, times, tokens
 
 
-def limit_threads(n: int) -> None:
-    """Set before jax is imported: XLA reads its flags once."""
-    import os
-
-    import torch
-
-    torch.set_num_threads(n)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                               f"{'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import spec  # noqa: E402
 import tasks  # noqa: E402
+from benchmarks.common import limit_threads  # noqa: E402
 from training import data as train_data  # noqa: E402
 
 IMPLEMENTATIONS = ("jax", "torch", "compile", "hf", "sharded")
@@ -189,13 +190,6 @@ def run_hf(task: Any, config: spec.TransformerConfig, train: spec.TrainConfig,
 
 
 # -- report ----------------------------------------------------------------------------------
-def limit_threads(n: int) -> None:
-    """Set before jax is imported: XLA reads its flags once."""
-    import torch
-
-    torch.set_num_threads(n)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                               f"{'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
