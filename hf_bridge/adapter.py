@@ -12,7 +12,7 @@ import torch
 
 import torch_model
 from spec import check_token_array, check_tokens
-from torch_model.adapter import smoothed_loss
+from torch_model.adapter import own_grads, smoothed_loss
 from torch_model.api import as_ids, full_precision, mode, model_device
 
 from .modeling import TransformerLabForConditionalGeneration
@@ -56,22 +56,14 @@ class HFAdapter:
             raise ValueError(f"labels has shape {labels_np.shape}, expected tgt's "
                              f"{tuple(tgt_t.shape)}")
         labels_t = as_ids(labels_np, tgt_t.device)
-        params = list(self.model.parameters())
-        saved = [p.grad for p in params]
-        for p in params:
-            p.grad = None
-        try:
-            with full_precision(), mode(self.model, False):
-                out = self.model(input_ids=src_t, decoder_input_ids=tgt_t, labels=labels_t,
-                                 use_cache=False)
+        with own_grads(self.model), full_precision(), mode(self.model, False):
+            out = self.model(input_ids=src_t, decoder_input_ids=tgt_t, labels=labels_t,
+                             use_cache=False)
             loss = out.loss
             if float(self.model.config.label_smoothing) != float(label_smoothing):
                 loss = smoothed_loss(out.logits, labels_t, self.config.pad_id, label_smoothing)
             loss.backward()
             grads = self.model.transformer.canonical_grads()
-        finally:
-            for p, g in zip(params, saved):
-                p.grad = g
         return float(loss.detach()), grads
 
     def params(self) -> dict[str, np.ndarray]:

@@ -38,9 +38,9 @@ from .decoding import (
     check_decode_inputs,
     check_positive_int,
     decode_step,
-    finish_capture,
     greedy_decode,
     record,
+    run_search,
     start_cache,
 )
 from .model import Transformer
@@ -178,9 +178,4 @@ def beam_search(params: Params, config: TransformerConfig, src: object, beam_siz
     if beam_size == 1:  # generate(num_beams=1) is greedy search
         return greedy_decode(params, config, src_np, max_len, capture=capture)
     fn = _beam_fn(config, beam_size, int(max_len), float(alpha), early_stopping, bool(capture))
-    with jax.default_matmul_precision("highest"):
-        tokens, steps, buffers = fn(params, jnp.asarray(src_np, jnp.int32))
-    tokens = np.asarray(tokens)
-    if capture:
-        return tokens, finish_capture(buffers, int(steps))
-    return tokens
+    return run_search(fn, params, src_np, capture)

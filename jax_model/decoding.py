@@ -146,7 +146,12 @@ def greedy_decode(params: Params, config: TransformerConfig, src: object, max_le
     """Greedy search: `src [b, s]` -> tokens `[b, max_len]` (numpy int32), or
     `(tokens, {name: [steps, b, ...]})` with `capture=True`."""
     src_np = check_decode_inputs(config, src, max_len)
-    fn = _greedy_fn(config, int(max_len), bool(capture))
+    return run_search(_greedy_fn(config, int(max_len), bool(capture)), params, src_np, capture)
+
+
+def run_search(fn, params, src_np: np.ndarray, capture: bool):
+    """Run a jitted search `fn(params, src) -> (tokens, steps, buffers)` at full precision:
+    tokens as numpy, plus the per-step capture cut to the steps actually run."""
     with jax.default_matmul_precision("highest"):
         tokens, steps, buffers = fn(params, jnp.asarray(src_np, jnp.int32))
     tokens = np.asarray(tokens)

@@ -6,6 +6,9 @@ gradients of the training loss and canonical parameters, without `analysis` impo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,21 @@ def smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int,
     logits [b, t, v], labels [b, t]."""
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=pad_id,
                            label_smoothing=label_smoothing)
+
+
+@contextlib.contextmanager
+def own_grads(model: torch.nn.Module) -> Iterator[None]:
+    """Start from empty `.grad` buffers and put the caller's back afterwards, so an analysis
+    backward pass never mixes with (or clobbers) gradients of a training loop."""
+    params = list(model.parameters())
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
 
 
 class TorchAdapter:
@@ -52,19 +70,12 @@ class TorchAdapter:
                                       self.config.max_len)
         if labels_np.shape != tgt_np.shape:
             raise ValueError(f"labels has shape {labels_np.shape}, expected tgt's {tgt_np.shape}")
-        params = list(self.model.parameters())
-        saved = [p.grad for p in params]
-        for p in params:
-            p.grad = None
-        try:
+        with own_grads(self.model):
             logits, _ = forward(self.model, src, tgt, capture=False)
             target = torch.as_tensor(labels_np, dtype=torch.int64, device=model_device(self.model))
             loss = smoothed_loss(logits, target, self.config.pad_id, label_smoothing)
             loss.backward()
             grads = self.model.canonical_grads()
-        finally:
-            for p, g in zip(params, saved):
-                p.grad = g
         return float(loss.detach()), grads
 
     def params(self) -> dict[str, np.ndarray]:
