@@ -14,6 +14,7 @@ import pytest
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
+from helpers import padded_ids  # noqa: E402
 
 import jax_model as jm  # noqa: E402
 import spec  # noqa: E402
@@ -48,17 +49,9 @@ def random_flat(config: spec.TransformerConfig, seed: int = 0) -> dict[str, np.n
     return spec.random_params(config, seed, weight_std=0.3)
 
 
+
 def batch(config: spec.TransformerConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """src [4, 7] ending in eos then pad (row 2 all pad), tgt [4, 5] starting with bos."""
-    rng = np.random.default_rng(seed)
-    src = rng.integers(3, config.src_vocab_size, (B, S))
-    for row, length in enumerate((S, 4, 0, 6)):
-        if length:
-            src[row, length - 1] = config.eos_id
-        src[row, length:] = config.pad_id
-    tgt = rng.integers(3, config.tgt_vocab_size, (B, T))
-    tgt[:, 0] = config.bos_id
-    return src, tgt
+    return padded_ids(config, seed, B, S, T)
 
 
 @pytest.fixture

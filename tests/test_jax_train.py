@@ -17,6 +17,7 @@ import pytest
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 import jax.numpy as jnp  # noqa: E402
+from helpers import hand_batch  # noqa: E402
 
 import spec  # noqa: E402
 from jax_model import train as jt  # noqa: E402
@@ -29,17 +30,6 @@ B, S, T = 8, 7, 5
 def tiny(**overrides) -> spec.TransformerConfig:
     return spec.TransformerConfig.preset("tiny", **overrides)
 
-
-def hand_batch(seed: int = 0, rows: int = B) -> dict[str, np.ndarray]:
-    """Random ids with two pad label positions per row: every half has the same non-pad count."""
-    rng = np.random.default_rng(seed)
-    src = rng.integers(3, 64, (rows, S)).astype(np.int32)
-    src[:, -1] = 0
-    tgt = rng.integers(3, 64, (rows, T)).astype(np.int32)
-    tgt[:, 0] = 1
-    labels = rng.integers(3, 64, (rows, T)).astype(np.int32)
-    labels[:, -2:] = 0
-    return {"src": src, "tgt_in": tgt, "labels": labels}
 
 
 def micro(batch: dict[str, np.ndarray], parts: int) -> dict[str, np.ndarray]:

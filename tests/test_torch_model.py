@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import padded_ids
 
 import spec
 import torch_model as tm
@@ -44,17 +45,9 @@ def random_flat(config: spec.TransformerConfig, seed: int = 0) -> dict[str, np.n
     return spec.random_params(config, seed, weight_std=0.3)
 
 
+
 def batch(config: spec.TransformerConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """src [4, 7] ending in eos then pad (row 2 all pad), tgt [4, 5] starting with bos."""
-    rng = np.random.default_rng(seed)
-    src = rng.integers(3, config.src_vocab_size, (B, S))
-    for row, length in enumerate((S, 4, 0, 6)):
-        if length:
-            src[row, length - 1] = config.eos_id
-        src[row, length:] = config.pad_id
-    tgt = rng.integers(3, config.tgt_vocab_size, (B, T))
-    tgt[:, 0] = config.bos_id
-    return src, tgt
+    return padded_ids(config, seed, B, S, T)
 
 
 def loaded(config: spec.TransformerConfig, seed: int = 0) -> tm.Transformer:
