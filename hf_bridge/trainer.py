@@ -213,7 +213,8 @@ class Evaluation:
         rows, src_len, tgt_len = self.shape
         pad_id = model.config.pad_id
         device = next(model.parameters()).device
-        acc = training.EvalAccumulator(self.task.tokenizer, pad_id=pad_id)
+        acc = training.EvalAccumulator(
+            self.task, pad_id=pad_id, groups=training.eval_groups(self.task, self.split))
         with mode(model, False):
             for batch in self.task.batches(self.split, rows, 0, self.seed, 0):
                 real = len(batch["src"])

@@ -265,7 +265,8 @@ def evaluate(params: Any, model_config: TransformerConfig, train: TrainConfig, t
     rows, src_len, tgt_len = shape
     eval_step = eval_step or make_eval_step(model_config, train, mesh)
     decode = decode or make_decode(model_config, tgt_len)
-    acc = training.EvalAccumulator(task, pad_id=model_config.pad_id)
+    acc = training.EvalAccumulator(task, pad_id=model_config.pad_id,
+                                     groups=training.eval_groups(task, split))
     for batch in task.batches(split, rows, 0, train.seed, 0):
         real = len(batch["src"])
         fixed = train_data.pad_batch(batch, rows, src_len, tgt_len, model_config.pad_id)
@@ -440,4 +441,6 @@ def _local(tree: Any) -> Any:
 
 def _to_device(batch: Mapping[str, np.ndarray], mesh, batch_axis: int) -> dict[str, jax.Array]:
     arrays = {k: np.asarray(v, dtype=np.int32) for k, v in batch.items()}
+    if mesh is None:  # no mesh: the default device, as the unsharded jitted steps expect
+        return {k: jnp.asarray(v) for k, v in arrays.items()}
     return shard.shard_batch(arrays, mesh, batch_axis)

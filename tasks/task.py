@@ -102,6 +102,21 @@ class Task:
         """The target strings of `split`, in the order of unshuffled batches."""
         return [tgt for _, tgt in self.pairs(split)]
 
+    def target_languages(self, split: str) -> list[str] | None:
+        """The target language of each pair of `split`, read from its "<2xx>" source prefix,
+        for a multilingual numbers task (so evaluation can score each language); else None."""
+        langs = self.info.get("tgt_langs") or []
+        if len(langs) < 2:
+            return None
+        out = []
+        for src, _ in self.pairs(split):
+            lang = next((x for x in langs if src.startswith(lang_token(x))), None)
+            if lang is None:
+                raise ValueError(f"source {src!r} of split {split!r} starts with no target-"
+                                 f"language token of {langs}")
+            out.append(lang)
+        return out
+
     def encoded(self, split: str) -> tuple[list[list[int]], list[list[int]]]:
         """(source ids, target ids) of every pair of `split`, without specials (cached)."""
         if split not in self._ids:

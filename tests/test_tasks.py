@@ -99,6 +99,10 @@ def test_multilingual_sources_start_with_the_language_token():
         assert tgt == tasks.number_words(n, lang)
         ids = task.encoded("train")[0][i]
         assert ids[0] == 4 + i % 3 and tok.decode(ids) == src[5:]
+    assert task.target_languages("eval") == ["de", "fr", "ko"] * 2
+    assert task.target_languages("train")[:4] == ["de", "fr", "ko", "de"]
+    one = tasks.build_task("numbers", train_size=3, eval_size=2, tgt_langs=("fr",))
+    assert one.target_languages("eval") is None  # one language: the overall score is its score
 
 
 # -- synthetic tasks --------------------------------------------------------------------------

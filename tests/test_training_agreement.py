@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (the hf extra)")
 
+import hf_bridge  # noqa: E402
 import jax_model  # noqa: E402
 import spec  # noqa: E402
 import tasks  # noqa: E402
@@ -74,3 +75,28 @@ def test_jax_torch_and_hf_trainer_log_the_same_first_losses(tmp_path):
                                                                       config.d_model), rel=1e-6)
     np.testing.assert_allclose([h["grad_norm"] for h in hf.history],
                                [h["grad_norm"] for h in plain.history], rtol=1e-5)
+
+
+def test_the_three_evaluations_agree_and_score_each_language():
+    """Each trainer's `evaluate` on the same weights: the same teacher-forced loss, and
+    exact match per target language (the overall score is their count-weighted mean)."""
+    task = tasks.build_task("numbers", train_size=9, eval_size=6, seed=0, max_number=100,
+                            tgt_langs=("de", "fr", "ko"), tokenizer="char")
+    config = task.model_config("tiny", dropout_rate=0.0)
+    train = spec.TrainConfig(batch_size=4)
+    flat = {k: v.copy() for k, v in torch_model.init(config, 3).to_canonical().items()}
+    shape = (4, *train_data.fixed_lengths(task, ("train", "eval"), 4, 0, config.max_len))
+    hf_model = hf_bridge.TransformerLabForConditionalGeneration.from_canonical(flat, config)
+    results = [jt.evaluate(jax_model.from_canonical(flat, config), config, train, task, "eval",
+                           shape),
+               tt.evaluate(torch_model.init(config, 0).load_canonical(flat), config, train, task,
+                           "eval", shape),
+               ht.Evaluation(task, "eval", shape, train.seed).run(hf_model)]
+    langs = ("de", "fr", "ko")
+    for got in results:
+        assert {f"exact_match_{x}" for x in langs} <= set(got)
+        assert got["exact_match"] == pytest.approx(
+            sum(got[f"exact_match_{x}"] for x in langs) / 3)  # two examples per language
+        assert got["loss"] == pytest.approx(results[0]["loss"], rel=1e-5)
+        assert [got[f"exact_match_{x}"] for x in langs] == [
+            results[0][f"exact_match_{x}"] for x in langs]

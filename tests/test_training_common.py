@@ -183,3 +183,19 @@ def test_eval_accumulator_exact_means_and_string_metrics(copy_task):
     assert copy_task.decode_batch(right) == copy_task.references("eval")[:3]
     with pytest.raises(ValueError, match="no non-pad label"):
         training.EvalAccumulator(copy_task).result()
+
+
+def test_eval_accumulator_scores_each_group_on_its_own(copy_task):
+    batch = next(copy_task.batches("eval", 4, 0, 0, 0))
+    wrong = batch["labels"].copy()
+    wrong[2, 0] = wrong[2, 1] if wrong[2, 1] != wrong[2, 0] else 5  # row 2 (group "fr") wrong
+    acc = training.EvalAccumulator(copy_task, groups=["de", "fr", "fr", "ko"])
+    acc.add(1.0, 4, 4, hypotheses=wrong, labels=batch["labels"])
+    out = acc.result()
+    assert out["exact_match"] == pytest.approx(3 / 4)
+    assert (out["exact_match_de"], out["exact_match_fr"], out["exact_match_ko"]) == (1, 0.5, 1)
+    short = training.EvalAccumulator(copy_task, groups=["de", "fr"])
+    short.add(1.0, 4, 4, hypotheses=wrong, labels=batch["labels"])
+    with pytest.raises(ValueError, match="groups label 2 examples but 4 were decoded"):
+        short.result()
+    assert training.eval_groups(copy_task, "eval") is None

@@ -213,7 +213,8 @@ def evaluate(model: Transformer, model_config: TransformerConfig, train: TrainCo
     ids decoded with the task's tokenizer) over one pass of `split`, as JAX's `evaluate`."""
     rows, src_len, tgt_len = shape
     device = next(model.parameters()).device
-    acc = training.EvalAccumulator(task.tokenizer, pad_id=model_config.pad_id)
+    acc = training.EvalAccumulator(task, pad_id=model_config.pad_id,
+                                     groups=training.eval_groups(task, split))
     with mode(model, False):
         for batch in task.batches(split, rows, 0, train.seed, 0):
             real = len(batch["src"])

@@ -6,7 +6,7 @@ their output folders look the same: `metrics.jsonl`, optional `tensorboard/`, `i
 <N>.npz`, and the same error message when the loss stops being finite.
 """
 
-from .evaluation import EvalAccumulator
+from .evaluation import EvalAccumulator, eval_groups
 from .guard import NonFiniteLossError, check_finite, non_finite_message
 from .internals import INPUT_PREFIX, internals_path, list_internals, load_internals, save_internals
 from .logger import MetricsLogger, read_metrics
@@ -14,7 +14,7 @@ from .run import RESUMABLE_CHANGES, check_resume, check_task, probe_batch, save_
 
 __all__ = [
     "EvalAccumulator", "INPUT_PREFIX", "MetricsLogger", "NonFiniteLossError", "RESUMABLE_CHANGES",
-    "check_finite", "check_resume", "check_task", "probe_batch", "save_tokenizers",
+    "check_finite", "check_resume", "eval_groups", "check_task", "probe_batch", "save_tokenizers",
     "internals_path", "list_internals", "load_internals", "non_finite_message", "read_metrics",
     "save_internals",
 ]

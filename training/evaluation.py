@@ -3,11 +3,14 @@
 A trainer runs its framework's teacher-forced loss and greedy decoding batch by batch and hands
 numpy results to `EvalAccumulator`, which turns them into `loss` and `token_accuracy` (exact
 means over every non-pad label of the split, not means of batch means) and, on the decoded
-texts, `exact_match`, `bleu` and `chrf` from `tasks.metrics` (sacrebleu).
+texts, `exact_match`, `bleu` and `chrf` from `tasks.metrics` (sacrebleu).  With `groups` (one
+label per example in split order, e.g. `task.target_languages(split)`), each group also gets its
+own `exact_match_<group>`: a multilingual model's weakest language is not hidden by the mean.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,8 +20,10 @@ class EvalAccumulator:
     """Collects one evaluation pass.  `tokenizer` needs `decode_batch(rows) -> list[str]`
     stopping at eos and dropping special tokens (a `tasks.Task` or `tasks.TaskTokenizer`)."""
 
-    def __init__(self, tokenizer: Any, pad_id: int = 0) -> None:
+    def __init__(self, tokenizer: Any, pad_id: int = 0,
+                 groups: Sequence[str] | None = None) -> None:
         self.tokenizer, self.pad_id = tokenizer, pad_id
+        self.groups = None if groups is None else list(groups)
         self.loss_sum, self.tokens, self.correct = 0.0, 0, 0
         self.predictions: list[str] = []
         self.references: list[str] = []
@@ -39,7 +44,8 @@ class EvalAccumulator:
             self.references += self.tokenizer.decode_batch(np.asarray(labels))
 
     def result(self) -> dict[str, float]:
-        """{loss, token_accuracy} and, when texts were added, {exact_match, bleu, chrf}."""
+        """{loss, token_accuracy} and, when texts were added, {exact_match, bleu, chrf} and
+        one `exact_match_<group>` per group."""
         if self.tokens == 0:
             raise ValueError("the evaluation saw no non-pad label: is the split empty?")
         out = {"loss": self.loss_sum / self.tokens, "token_accuracy": self.correct / self.tokens}
@@ -47,4 +53,26 @@ class EvalAccumulator:
             from tasks.metrics import string_metrics
 
             out.update(string_metrics(self.predictions, self.references))
+            if self.groups is not None:
+                out.update(self._group_exact_match())
         return out
+
+    def _group_exact_match(self) -> dict[str, float]:
+        from tasks.metrics import exact_match
+
+        if len(self.groups) != len(self.predictions):
+            raise ValueError(f"groups label {len(self.groups)} examples but {len(self.predictions)}"
+                             f" were decoded: evaluate the whole split, unshuffled")
+        out = {}
+        for group in dict.fromkeys(self.groups):
+            rows = [i for i, g in enumerate(self.groups) if g == group]
+            out[f"exact_match_{group}"] = exact_match([self.predictions[i] for i in rows],
+                                                      [self.references[i] for i in rows])
+        return out
+
+
+def eval_groups(task: Any, split: str) -> list[str] | None:
+    """The per-example groups of `split` to score separately: `task.target_languages(split)`
+    when the task has it (multilingual numbers), else None."""
+    languages = getattr(task, "target_languages", None)
+    return languages(split) if callable(languages) else None
