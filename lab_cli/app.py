@@ -50,7 +50,9 @@ def describe(args: argparse.Namespace, setup: RunSetup) -> str:
             f"{c.dropout_rate}\n"
             f"  training: {setup.total_steps} steps of batch {t.batch_size} x "
             f"{t.grad_accum_steps}, lr {t.learning_rate} ({t.schedule}, warmup "
-            f"{t.warmup_steps}), seed {t.seed}"
+            f"{t.warmup_steps}"
+            + (f", cool-down {t.cooldown_steps}" if t.cooldown_steps else "")
+            + f"), seed {t.seed}"
             + (f", internals every {t.track_internals_every} steps"
                if t.track_internals_every else ""))
 

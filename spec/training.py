@@ -22,6 +22,10 @@ class TrainConfig:
     `schedule="noam"`: lr(step) = learning_rate * d_model^-0.5 * min(step^-0.5,
     step * warmup_steps^-1.5) (the paper, with `learning_rate` as a multiplier);
     `schedule="constant"`: a linear warm-up over `warmup_steps` to `learning_rate`, then flat.
+    `cooldown_steps > 0` (needs `max_steps`) scales either schedule by a linear ramp down to
+    zero over the last `cooldown_steps` updates (the final update gets 1/cooldown_steps of it):
+    a short run then ends at a small learning rate, where noam alone would still be near its
+    peak and the last steps' noise would decide the result.
     Steps count optimizer updates (after gradient accumulation), starting at 1.
     `clip_norm=0` disables gradient clipping.  `track_internals_every=0` disables capture.
     """
@@ -29,6 +33,7 @@ class TrainConfig:
     learning_rate: float = 1.0
     schedule: str = "noam"
     warmup_steps: int = 4000
+    cooldown_steps: int = 0
     adam_b1: float = 0.9
     adam_b2: float = 0.98
     adam_eps: float = 1e-9
@@ -60,10 +65,13 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum_steps", "epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(name, "an integer >= 1")
-        for name in ("warmup_steps", "max_steps", "log_every", "eval_every", "checkpoint_every",
+        for name in ("warmup_steps", "cooldown_steps", "max_steps", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "track_internals_every", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail(name, "an integer >= 0")
+        if self.cooldown_steps > 0 and not 0 < self.cooldown_steps <= self.max_steps:
+            fail("cooldown_steps", f"0, or at most max_steps={self.max_steps} (a cool-down ends "
+                                   f"at the last step, so the run needs max_steps > 0)")
         if not 0.0 <= self.label_smoothing < 1.0:
             fail("label_smoothing", "a value in [0, 1)")
         if not (0.0 <= self.adam_b1 < 1.0 and 0.0 <= self.adam_b2 < 1.0):
@@ -94,12 +102,15 @@ def learning_rate(step, train: TrainConfig, d_model: int, xp: Any = math):
     `xp` supplies `minimum`-free arithmetic only, so the same formula serves numpy, `math`,
     `jax.numpy` (inside an optax schedule) and torch's LambdaLR.  Step 0 is treated as step 1.
     """
-    step = xp.maximum(step, 1) if hasattr(xp, "maximum") else max(step, 1)
+    minimum = xp.minimum if hasattr(xp, "minimum") else min
+    maximum = xp.maximum if hasattr(xp, "maximum") else max
+    step = maximum(step, 1)
     warmup = max(train.warmup_steps, 1)
     if train.schedule == "noam":
-        a, b = step ** -0.5, step * warmup ** -1.5
-        smaller = xp.minimum(a, b) if hasattr(xp, "minimum") else min(a, b)
-        return train.learning_rate * d_model ** -0.5 * smaller
-    ramp = step / warmup
-    ramp = xp.minimum(ramp, 1.0) if hasattr(xp, "minimum") else min(ramp, 1.0)
-    return train.learning_rate * ramp
+        lr = train.learning_rate * d_model ** -0.5 * minimum(step ** -0.5, step * warmup ** -1.5)
+    else:
+        lr = train.learning_rate * minimum(step / warmup, 1.0)
+    if train.cooldown_steps:
+        left = (train.max_steps + 1 - step) / train.cooldown_steps  # 1 at the ramp's top
+        lr = lr * maximum(minimum(left, 1.0), 0.0)
+    return lr

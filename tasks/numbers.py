@@ -9,8 +9,11 @@ replacement from [0, max_number), so the held-out evaluation numbers never occur
 from __future__ import annotations
 
 import functools
+import multiprocessing
+import os
 import unicodedata
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from num2words import CONVERTER_CLASSES, num2words
@@ -18,6 +21,9 @@ from num2words import CONVERTER_CLASSES, num2words
 from .tokenizer import lang_token
 
 DEFAULT_MAX_NUMBER = 1_000_000
+# num2words takes ~100 us a number: above this many conversions they are shared out to worker
+# processes (one per core), in order, so the result is the same as a plain loop's.
+PARALLEL_MIN = 20_000
 Pair = tuple[str, str]
 
 
@@ -102,9 +108,24 @@ def check_tgt_langs(tgt_langs: Sequence[str]) -> tuple[str, ...]:
 
 def _pairs(numbers: np.ndarray, src_lang: str, tgt_langs: tuple[str, ...]) -> list[Pair]:
     multi = len(tgt_langs) > 1
-    pairs = []
-    for i, n in enumerate(numbers.tolist()):
-        lang = tgt_langs[i % len(tgt_langs)]
-        prefix = lang_token(lang) if multi else ""
-        pairs.append((prefix + number_words(n, src_lang), number_words(n, lang)))
-    return pairs
+    numbers = numbers.tolist()
+    langs = [tgt_langs[i % len(tgt_langs)] for i in range(len(numbers))]
+    words = _many_words([*((n, src_lang) for n in numbers), *zip(numbers, langs)])
+    src, tgt = words[:len(numbers)], words[len(numbers):]
+    return [((lang_token(lang) if multi else "") + s, t) for s, t, lang in zip(src, tgt, langs)]
+
+
+def _many_words(jobs: list[tuple[int, str]]) -> list[str]:
+    """`number_words(n, lang)` for each (n, lang) job, in order; a long list in parallel."""
+    workers = min(len(os.sched_getaffinity(0)), 8)
+    if len(jobs) < PARALLEL_MIN or workers < 2:
+        return _words_chunk(jobs)
+    size = -(-len(jobs) // (4 * workers))
+    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    # spawn, not fork: jax and torch may already be running threads in this process.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [w for part in pool.map(_words_chunk, chunks) for w in part]
+
+
+def _words_chunk(jobs: list[tuple[int, str]]) -> list[str]:
+    return [number_words(n, lang) for n, lang in jobs]

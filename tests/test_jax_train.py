@@ -77,7 +77,8 @@ def test_loss_matches_spec_reference():
 def test_schedule_is_spec_learning_rate():
     config = tiny()
     for train in (spec.TrainConfig(warmup_steps=7),
-                  spec.TrainConfig(schedule="constant", learning_rate=3e-4, warmup_steps=5)):
+                  spec.TrainConfig(schedule="constant", learning_rate=3e-4, warmup_steps=5),
+                  spec.TrainConfig(warmup_steps=3, max_steps=11, cooldown_steps=6)):
         schedule = jt.make_schedule(config, train)
         for count in (0, 1, 4, 6, 7, 50):  # optax counts updates from 0, spec steps from 1
             want = spec.learning_rate(count + 1, train, config.d_model)

@@ -124,6 +124,7 @@ def assert_run_folder(folder: Path, version: str, visualize: bool = True) -> dic
     (["--tgt_lang", "xx"], "--tgt_lang"),
     (["--tgt_lang", "de,de"], "--tgt_lang"),
     (["--dropout", "1.5"], "--dropout"),
+    (["--cooldown", "1.5"], "--cooldown"),
     (["--lr", "-1"], "--lr"),
     (["--task", "corpus"], "--data"),
     (["--data", "pairs.tsv"], "--data"),
@@ -148,7 +149,7 @@ def test_flags_build_the_configs():
                                 "--train_size", "40", "--eval_size", "8", "--epochs", "2",
                                 "--batch_size", "8", "--track_internals", "--lr", "0.5",
                                 "--warmup_steps", "7", "--gradient_accumulation_steps", "2",
-                                "--tgt_lang", "de,fr", "--seed", "3"])
+                                "--tgt_lang", "de,fr", "--seed", "3", "--cooldown", "0.4"])
     setup = configs.setup(args)
     c, t = setup.model, setup.train
     assert (c.d_model, c.num_heads, c.num_encoder_layers, c.num_decoder_layers, c.d_ff) == \
@@ -156,6 +157,10 @@ def test_flags_build_the_configs():
     assert (t.learning_rate, t.warmup_steps, t.grad_accum_steps, t.batch_size, t.seed) == \
         (0.5, 7, 2, 8, 3)
     assert setup.total_steps == 2 * 5 // 2  # 40 pairs / 8 = 5 batches, 2 epochs, 2 per update
+    assert (t.max_steps, t.cooldown_steps) == (5, 2)  # the last 40% of 5 steps cool down
+    no_cooldown = configs.setup(cli_args.parse_args(["--train_size", "40", "--eval_size", "8",
+                                                     "--cooldown", "0"])).train
+    assert (no_cooldown.max_steps, no_cooldown.cooldown_steps) == (0, 0)
     assert t.track_internals_every == 1  # about 8 captures: max(1, 5 // 8)
     assert setup.task.info["tgt_langs"] == ["de", "fr"]
     sources = [s for s, _ in setup.task.pairs("train")]
@@ -273,10 +278,14 @@ def test_both_starts_from_the_same_weights_and_prints_the_differences(tmp_path):
 @pytest.mark.parametrize("version", ["pytorch", "huggingface"])
 def test_torch_and_hf_runs_write_the_seed_outputs(version, tmp_path):
     folder = tmp_path / f"results_{version}"
-    printed = run_main(["--version", version, *TINY, *NUMBERS, "--output_dir", str(folder),
-                        "--visualize", "--debug"])
-    assert_run_folder(folder, version)
+    printed = run_main(["--version", version, *TINY, *NUMBERS, "--tgt_lang", "de,fr",
+                        "--output_dir", str(folder), "--visualize", "--debug"])
+    summary = assert_run_folder(folder, version)
     assert f"=== --debug: {version} forward pass" in printed
+    metrics = summary["eval_metrics"]  # 16 held-out pairs, 8 per language
+    assert metrics["exact_match"] == pytest.approx(
+        (metrics["exact_match_de"] + metrics["exact_match_fr"]) / 2)
+    assert "exact_match_fr" in printed
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ and 3 decoder layers, vocabularies 37 / 29), and batches are padded.
 """
 
 import itertools
+import json
 import warnings
 
 import numpy as np
@@ -270,3 +271,58 @@ def test_tokenizer_without_sentencepiece_warns_or_raises(tmp_path):
     assert any("sentencepiece" in str(w.message) for w in caught)
     with pytest.raises(ImportError, match="sentencepiece"):
         from_pretrained_marian(tmp_path, with_tokenizer=True)
+
+
+@pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
+def test_opus_mt_folder_with_its_sentencepiece_tokenizer_loads_and_translates_alike(tmp_path):
+    """An opus-mt style folder made offline: sentencepiece models learnt here on number words,
+    `MarianTokenizer.save_pretrained`, and a native Marian model over that vocabulary.
+    `from_pretrained_marian` returns the tokenizer with the weights, and the ids it makes run
+    through the mirror exactly as through Marian."""
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import MarianTokenizer
+
+    import tasks
+
+    texts = [tasks.number_words(n, lang) for n in range(0, 3000, 7) for lang in ("en", "de")]
+    (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "spm"), vocab_size=60,
+        model_type="unigram", character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0,
+        num_threads=1, minloglevel=2)
+    pieces = [line.split("\t")[0] for line in
+              (tmp_path / "spm.vocab").read_text(encoding="utf-8").splitlines()]
+    vocab = {"</s>": 0, "<unk>": 1}
+    for piece in pieces:
+        vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)  # opus-mt: pad is the last id and the decoder start
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    folder = tmp_path / "opus-mt-en-de-tiny"
+    tok = MarianTokenizer(str(tmp_path / "spm.model"), str(tmp_path / "spm.model"),
+                          str(tmp_path / "vocab.json"), source_lang="en", target_lang="de")
+    tok.save_pretrained(folder)
+    mc = MarianConfig(vocab_size=len(vocab), decoder_vocab_size=len(vocab), d_model=16,
+                      encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24,
+                      max_position_embeddings=32, activation_function="swish",
+                      scale_embedding=True, pad_token_id=vocab["<pad>"],
+                      decoder_start_token_id=vocab["<pad>"], eos_token_id=0,
+                      attn_implementation="eager")
+    native = MarianMTModel(mc)
+    randomise_every_weight(native, seed=5)
+    native.save_pretrained(folder)
+
+    ckpt = from_pretrained_marian(folder, with_tokenizer=True)
+    assert isinstance(ckpt.tokenizer, MarianTokenizer)
+    assert ckpt.tokenizer.get_vocab() == vocab
+    batch = ckpt.tokenizer(["three hundred and twelve", "seven"], padding=True,
+                           return_tensors="pt")
+    src = batch["input_ids"]                               # [2, s], each row ends with eos
+    assert src[0, -1] == 0 and src[1, -1] in (0, vocab["<pad>"])
+    assert ckpt.tokenizer.decode(src[0], skip_special_tokens=True) == "three hundred and twelve"
+    cfg = ckpt.config
+    tgt = torch.tensor([[cfg.bos_id, 7, 9], [cfg.bos_id, 11, cfg.pad_id]])
+    ref = marian_logits(native.eval(), src, tgt, cfg.pad_id)
+    mirror = torch_model.Transformer(cfg).load_canonical(ckpt.flat).eval()
+    logits, _ = torch_model.forward(mirror, src, tgt, capture=False)
+    assert normalised(logits.detach(), ref) <= TOL

@@ -213,5 +213,18 @@ def test_train_config_and_schedule():
     np.testing.assert_allclose(spec.learning_rate(np.arange(1, 9), t, 16, np), lr)
     with pytest.raises(ValueError, match="schedule='cosine'"):
         TrainConfig(schedule="cosine")
+    # a cool-down over the last 4 of 10 steps: full schedule until step 7, then 3/4, 2/4, 1/4
+    cool = t.replace(max_steps=10, cooldown_steps=4)
+    base = [spec.learning_rate(s, t, 16) for s in range(1, 11)]
+    got = [spec.learning_rate(s, cool, 16) for s in range(1, 11)]
+    np.testing.assert_allclose(got, base[:7] + [b * f for b, f in zip(base[7:], (.75, .5, .25))])
+    np.testing.assert_allclose(spec.learning_rate(np.arange(1, 11), cool, 16, np), got)
+    flat = const.replace(max_steps=4, cooldown_steps=4, warmup_steps=0)
+    assert [spec.learning_rate(s, flat, 16) for s in (1, 4)] == pytest.approx([1e-3, 2.5e-4])
+    with pytest.raises(ValueError, match=r"cooldown_steps=3 is invalid: expected 0, or at most "
+                                         r"max_steps=0"):
+        TrainConfig(cooldown_steps=3)
+    with pytest.raises(ValueError, match="cooldown_steps=11"):
+        TrainConfig(max_steps=10, cooldown_steps=11)
     with pytest.raises(ValueError, match="batch_size=0"):
         TrainConfig(batch_size=0)

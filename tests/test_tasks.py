@@ -72,6 +72,23 @@ def test_number_pairs_are_deterministic_and_held_out():
                         tasks.number_words(train_n[0], "de"))
 
 
+def test_many_number_words_are_made_in_worker_processes_in_order(monkeypatch):
+    from tasks import numbers
+
+    kw = dict(train_size=200, eval_size=40, seed=5, tgt_langs=("de", "fr"))
+    monkeypatch.setattr(numbers, "PARALLEL_MIN", 10**9)
+    serial = numbers.number_pairs(**kw)
+    monkeypatch.setattr(numbers, "PARALLEL_MIN", 100)  # 480 conversions: split over processes
+    calls = []
+    monkeypatch.setattr(numbers, "_words_chunk", lambda jobs: calls.append(len(jobs)) or [])
+    numbers._many_words([(1, "de")] * 50)  # under the threshold: one in-process chunk
+    assert calls == [50]
+    monkeypatch.undo()
+    monkeypatch.setattr(numbers, "PARALLEL_MIN", 100)
+    parallel = numbers.number_pairs(**kw)
+    assert parallel[0] == serial[0] and parallel[1] == serial[1]
+
+
 def test_numbers_range_too_small_is_a_clear_error():
     with pytest.raises(ValueError, match=r"max_number=10 is too small.*train_size=8.*eval_size=5"):
         tasks.build_task("numbers", train_size=8, eval_size=5, max_number=10)

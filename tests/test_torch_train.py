@@ -70,7 +70,8 @@ def test_schedule_is_spec_learning_rate():
     config = tiny()
     model = torch_model.init(config, 0)
     for train in (spec.TrainConfig(warmup_steps=7),
-                  spec.TrainConfig(schedule="constant", learning_rate=3e-4, warmup_steps=5)):
+                  spec.TrainConfig(schedule="constant", learning_rate=3e-4, warmup_steps=5),
+                  spec.TrainConfig(warmup_steps=3, max_steps=11, cooldown_steps=6)):
         optimizer, scheduler = tt.make_optimizer(model, config, train)
         for step in range(1, 12):  # the lr that update `step` uses
             want = spec.learning_rate(step, train, config.d_model)

@@ -17,9 +17,11 @@ from spec import TrainConfig, TransformerConfig
 
 from .data import pad_batch
 
-# Run length and bookkeeping may change on resume; the optimisation may not.
-RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "log_every", "eval_every",
-                               "checkpoint_every", "keep_checkpoints", "track_internals_every"})
+# Run length (and with it the cool-down) and bookkeeping may change on resume; the rest of the
+# optimisation may not.
+RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "cooldown_steps", "log_every",
+                               "eval_every", "checkpoint_every", "keep_checkpoints",
+                               "track_internals_every"})
 
 
 def check_task(task: Any, config: TransformerConfig) -> None:
