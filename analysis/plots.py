@@ -385,8 +385,9 @@ def cross_attention_figure(inter: dict, src_labels: list[str] | None,
         ax.set_xlabel("source token")
     axes[0].set_ylabel("target token (decoder input)")
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="attention weight")
-    fig.suptitle("cross-attention alignment (white dots: most attended source token)",
-                 fontsize=11)
+    # One layer's figure is narrower than the title: break it.
+    fig.suptitle("cross-attention alignment" + ("\n" if cols == 1 else " ")
+                 + "(white dots: most attended source token)", fontsize=11)
     return fig
 
 

@@ -70,12 +70,11 @@ def setup(args: argparse.Namespace) -> RunSetup:
     if args.track_internals or args.visualize:
         track = args.track_every or max(1, total // TRACKED_CAPTURES)
     # A cool-down is a fraction of the run, so the run length is fixed in steps.
-    cooldown = round(args.cooldown * total) if args.cooldown else 0
+    cooldown = max(round(args.cooldown * total), 1) if args.cooldown else 0
     train = spec.TrainConfig(
         learning_rate=args.lr, schedule=args.schedule, warmup_steps=args.warmup_steps,
-        cooldown_steps=max(cooldown, 1) if args.cooldown else 0,
+        cooldown_steps=cooldown, max_steps=total if cooldown else args.max_steps,
         label_smoothing=args.label_smoothing, batch_size=args.batch_size, epochs=args.epochs,
-        max_steps=total if args.cooldown else args.max_steps,
         grad_accum_steps=args.gradient_accumulation_steps,
         clip_norm=args.clip_norm, mixed_precision=args.mixed_precision, seed=args.seed,
         log_every=min(args.log_every, total), eval_every=args.eval_every,

@@ -504,6 +504,22 @@ def test_visualizer_writes_titled_figures(tmp_path):
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["loss", "bleu"]
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_cross_attention_title_fits_inside_the_figure(layers):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from analysis import plots
+
+    rng = np.random.default_rng(1)
+    inter = {f"decoder/layer_{i}/cross_attn/weights": rng.dirichlet(np.ones(6), size=(1, 2, 5))
+             for i in range(layers)}
+    fig = plots.cross_attention_figure(inter, list("abcdef"), list("vwxyz"))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    title = fig._suptitle.get_window_extent(canvas.get_renderer())
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width  # not cut at either side
+
+
 # -- demo -------------------------------------------------------------------------------------
 SEED_FILES = [
     "training_curves.png", "analysis_report.json", "report.html", "debug_trace.txt",
