@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -138,9 +139,13 @@ class TransformerLabTrainer(Trainer):
         if self.train_dataset is None:
             raise ValueError("TransformerLabTrainer: training requires a train_dataset")
         workers = self.args.dataloader_num_workers
+        # Forked workers can deadlock once JAX's threads run in this process (`main.py
+        # --version all`, a test session): start them fresh then.
+        context = "spawn" if workers > 0 and "jax" in sys.modules else None
         return DataLoader(self.train_dataset, batch_size=1, shuffle=False, collate_fn=_only,
                           num_workers=workers, pin_memory=self.args.device.type == "cuda",
-                          persistent_workers=workers > 0 and self.args.dataloader_persistent_workers)
+                          persistent_workers=workers > 0 and self.args.dataloader_persistent_workers,
+                          multiprocessing_context=context)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
                      return_outputs: bool = False, num_items_in_batch: Any = None

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,15 +70,20 @@ def test_optimizer_and_schedule_come_from_the_train_config(tmp_path):
 
 def test_trainer_repeats_the_torch_loop_and_writes_the_same_outputs(tmp_path):
     """Same weights, same plan, dropout off: the HF Trainer (2 dataloader workers, gradient
-    accumulation, clipping) and the plain loop log the same steps."""
+    accumulation, clipping) and the plain loop log the same steps.  JAX is loaded, as in
+    `main.py --version all`, so the workers must not be forked from its threads."""
+    pytest.importorskip("jax").numpy.zeros(1).block_until_ready()  # JAX's threads running
     task = copy_task()
     config = task.model_config("tiny", dropout_rate=0.0)
     train = spec.TrainConfig(batch_size=4, grad_accum_steps=2, max_steps=5, warmup_steps=3,
                              clip_norm=0.5, checkpoint_every=2, keep_checkpoints=2,
                              track_internals_every=2, eval_every=4)
     flat = initial(config)
-    hf = ht.train(config, train, task, tmp_path / "hf", params=flat, progress=False,
-                  dataloader_num_workers=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hf = ht.train(config, train, task, tmp_path / "hf", params=flat, progress=False,
+                      dataloader_num_workers=2)
+    assert not [w for w in caught if "os.fork()" in str(w.message)]
     plain = tt.train(config, train, task, tmp_path / "torch", params=flat, device="cpu",
                      progress=False)
     assert [h["step"] for h in hf.history] == [1, 2, 3, 4, 5] and hf.steps == 5
