@@ -142,10 +142,10 @@ class TransformerLabTrainer(Trainer):
         # Forked workers can deadlock once JAX's threads run in this process (`main.py
         # --version all`, a test session): start them fresh then.
         context = "spawn" if workers > 0 and "jax" in sys.modules else None
+        persistent = workers > 0 and self.args.dataloader_persistent_workers
         return DataLoader(self.train_dataset, batch_size=1, shuffle=False, collate_fn=_only,
                           num_workers=workers, pin_memory=self.args.device.type == "cuda",
-                          persistent_workers=workers > 0 and self.args.dataloader_persistent_workers,
-                          multiprocessing_context=context)
+                          persistent_workers=persistent, multiprocessing_context=context)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
                      return_outputs: bool = False, num_items_in_batch: Any = None

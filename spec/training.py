@@ -65,8 +65,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum_steps", "epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(name, "an integer >= 1")
-        for name in ("warmup_steps", "cooldown_steps", "max_steps", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints", "track_internals_every", "seed"):
+        for name in ("warmup_steps", "cooldown_steps", "max_steps", "log_every", "eval_every",
+                     "checkpoint_every", "keep_checkpoints", "track_internals_every", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail(name, "an integer >= 0")
         if self.cooldown_steps > 0 and not 0 < self.cooldown_steps <= self.max_steps:
@@ -99,8 +99,9 @@ class TrainConfig:
 def learning_rate(step, train: TrainConfig, d_model: int, xp: Any = math):
     """The learning rate at optimizer step `step` (1-based).
 
-    `xp` supplies `minimum`-free arithmetic only, so the same formula serves numpy, `math`,
-    `jax.numpy` (inside an optax schedule) and torch's LambdaLR.  Step 0 is treated as step 1.
+    `xp` supplies `minimum` and `maximum` (for `math`, the builtins), so the same formula serves
+    numpy, `math`, `jax.numpy` (inside an optax schedule) and torch's LambdaLR.  Step 0 is
+    treated as step 1.
     """
     minimum = xp.minimum if hasattr(xp, "minimum") else min
     maximum = xp.maximum if hasattr(xp, "maximum") else max
