@@ -32,3 +32,8 @@ def hand_batch(seed: int = 0, rows: int = 8, s: int = 7, t: int = 5) -> dict[str
     labels = rng.integers(3, 64, (rows, t)).astype(np.int32)
     labels[:, -2:] = 0
     return {"src": src, "tgt_in": tgt, "labels": labels}
+
+
+def random_flat(config: spec.TransformerConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Canonical weights with non-trivial norms and biases, so every parameter matters."""
+    return spec.random_params(config, seed, weight_std=0.3)

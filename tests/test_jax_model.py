@@ -14,7 +14,7 @@ import pytest
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
-from helpers import padded_ids  # noqa: E402
+from helpers import padded_ids, random_flat  # noqa: E402
 
 import jax_model as jm  # noqa: E402
 import spec  # noqa: E402
@@ -42,12 +42,6 @@ ACTIVATIONS = {
 @pytest.fixture(params=list(CONFIGS))
 def config(request) -> spec.TransformerConfig:
     return CONFIGS[request.param]
-
-
-def random_flat(config: spec.TransformerConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canonical weights with non-trivial norms and biases, so every parameter matters."""
-    return spec.random_params(config, seed, weight_std=0.3)
-
 
 
 def batch(config: spec.TransformerConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

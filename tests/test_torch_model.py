@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import padded_ids
+from helpers import padded_ids, random_flat
 
 import spec
 import torch_model as tm
@@ -38,12 +38,6 @@ CONFIGS = {
 @pytest.fixture(params=list(CONFIGS))
 def config(request) -> spec.TransformerConfig:
     return CONFIGS[request.param]
-
-
-def random_flat(config: spec.TransformerConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canonical weights with non-trivial norms and biases, so every parameter matters."""
-    return spec.random_params(config, seed, weight_std=0.3)
-
 
 
 def batch(config: spec.TransformerConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
