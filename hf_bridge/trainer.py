@@ -396,12 +396,8 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     output_dir = Path(output_dir)
     amp_dtype(train_config)
     training.check_task(task, model_config)
-    rows = train_config.batch_size
-    src_len, tgt_len = train_data.fixed_lengths(task, (train_split, eval_split), rows,
-                                                train_config.seed, model_config.max_len)
-    per_epoch = train_data.batches_per_epoch(task, train_split, rows, train_config.seed)
-    total = train_data.total_steps(train_config.max_steps, train_config.epochs, per_epoch,
-                                   train_config.grad_accum_steps)
+    rows, src_len, tgt_len, per_epoch, total = train_data.run_plan(
+        task, model_config, train_config, train_split, eval_split)
     args = training_arguments(output_dir, train_config, total, wandb=wandb,
                               dataloader_num_workers=dataloader_num_workers,
                               gradient_checkpointing=gradient_checkpointing, compile=compile,
@@ -423,8 +419,8 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     dataset = PlanDataset(task, train_split, rows, train_config.seed, per_epoch,
                           total * train_config.grad_accum_steps, src_len, tgt_len,
                           model_config.pad_id, args.process_index, args.world_size)
-    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
-                        train_config.seed)
+    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len,
+                                 model_config.pad_id, train_config.seed)
     run_config = {**model_config.to_dict(), **train_config.to_dict()}
     logger = training.MetricsLogger(output_dir, total_steps=total,
                                     resume_step=start if resume else None,

@@ -312,13 +312,9 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
         raise ValueError(f"rng_impl={rng_impl!r} is unknown; expected one of {RNG_IMPLS}")
     training.check_task(task, model_config)
     mesh = shard.make_mesh() if mesh is None else mesh
-    rows = train_config.batch_size
+    rows, src_len, tgt_len, per_epoch, total = train_data.run_plan(
+        task, model_config, train_config, train_split, eval_split)
     shard.check_batch_size(rows, mesh)
-    src_len, tgt_len = train_data.fixed_lengths(task, (train_split, eval_split), rows,
-                                                train_config.seed, model_config.max_len)
-    per_epoch = train_data.batches_per_epoch(task, train_split, rows, train_config.seed)
-    total = train_data.total_steps(train_config.max_steps, train_config.epochs, per_epoch,
-                                   train_config.grad_accum_steps)
 
     if params is not None and any("/" in str(k) for k in params):
         params = jax_model.from_canonical(params, model_config)
@@ -341,8 +337,8 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     train_step = make_train_step(model_config, train_config, mesh, rng_impl=rng_impl)
     eval_step = make_eval_step(model_config, train_config, mesh)
     decode = make_decode(model_config, tgt_len)
-    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
-                         train_config.seed)
+    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len,
+                                 model_config.pad_id, train_config.seed)
     shape = (rows, src_len, tgt_len)
     history: list[dict[str, float]] = []
     eval_metrics: dict[str, float] = {}

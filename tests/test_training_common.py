@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import spec
 import tasks
 import training
 from training import data
@@ -163,6 +164,17 @@ def test_pad_batch_and_stack_fix_the_shapes(copy_task):
     assert data.fixed_lengths(copy_task, ("train", "eval"), 4, 0, 64) == copy_task.max_lengths()
     with pytest.raises(ValueError, match="max_len=3"):
         data.fixed_lengths(copy_task, ("train",), 4, 0, 3)
+
+
+def test_run_plan_is_what_every_trainer_derives(copy_task):
+    config = copy_task.model_config("tiny")
+    train = spec.TrainConfig(batch_size=5, grad_accum_steps=2, epochs=3)
+    n = len(copy_task.pairs("train"))
+    plan = data.run_plan(copy_task, config, train)
+    assert plan == (5, *copy_task.max_lengths(), -(-n // 5), 3 * -(-n // 5) // 2)
+    assert data.run_plan(copy_task, config, train.replace(max_steps=7)).total == 7
+    with pytest.raises(ValueError, match="max_len=3"):
+        data.run_plan(copy_task, config.replace(max_len=3), train)
 
 
 # -- evaluation glue ---------------------------------------------------------------------------

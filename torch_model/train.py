@@ -283,12 +283,8 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     device = torch.device(device) if device is not None else default_device()
     amp_dtype(train_config)
     training.check_task(task, model_config)
-    rows = train_config.batch_size
-    src_len, tgt_len = train_data.fixed_lengths(task, (train_split, eval_split), rows,
-                                                train_config.seed, model_config.max_len)
-    per_epoch = train_data.batches_per_epoch(task, train_split, rows, train_config.seed)
-    total = train_data.total_steps(train_config.max_steps, train_config.epochs, per_epoch,
-                                   train_config.grad_accum_steps)
+    rows, src_len, tgt_len, per_epoch, total = train_data.run_plan(
+        task, model_config, train_config, train_split, eval_split)
 
     state = create_train_state(model_config, train_config, params, device,
                                gradient_checkpointing=gradient_checkpointing, compile=compile)
@@ -308,8 +304,8 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     start = state.step
     meta = {"model_config": model_config.to_dict(), "train_config": train_config.to_dict()}
 
-    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len, model_config.pad_id,
-                        train_config.seed)
+    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len,
+                                 model_config.pad_id, train_config.seed)
     shape = (rows, src_len, tgt_len)
     history: list[dict[str, float]] = []
     eval_metrics: dict[str, float] = {}

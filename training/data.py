@@ -13,7 +13,7 @@ short last batch is padded with rows of `pad_id`, which the loss ignores.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -107,3 +107,27 @@ def fixed_lengths(task: Any, splits: tuple[str, ...], batch_size: int, seed: int
         raise ValueError(f"the task needs sequences of length src {src_len} / tgt {tgt_len}, "
                          f"over the model's max_len={max_len}")
     return src_len, tgt_len
+
+
+class RunPlan(NamedTuple):
+    """What every trainer derives before its first step: the micro-batch `rows`, the fixed
+    `src_len`/`tgt_len` of every batch, micro-batches per epoch and optimizer steps in all."""
+
+    rows: int
+    src_len: int
+    tgt_len: int
+    per_epoch: int
+    total: int
+
+
+def run_plan(task: Any, model_config: Any, train_config: Any, train_split: str = "train",
+             eval_split: str = "eval") -> RunPlan:
+    """The `RunPlan` of training `model_config` with `train_config` on `task` (ValueError when
+    the sequences do not fit `max_len` or the epochs make no optimizer step)."""
+    rows = train_config.batch_size
+    src_len, tgt_len = fixed_lengths(task, (train_split, eval_split), rows, train_config.seed,
+                                     model_config.max_len)
+    per_epoch = batches_per_epoch(task, train_split, rows, train_config.seed)
+    total = total_steps(train_config.max_steps, train_config.epochs, per_epoch,
+                        train_config.grad_accum_steps)
+    return RunPlan(rows, src_len, tgt_len, per_epoch, total)
