@@ -12,8 +12,10 @@ therefore redundant; when given it must equal `input_ids != pad_id` (ValueError 
 `attention_mask` otherwise, never a silently different result).  With `encoder_outputs` and no
 `input_ids` (generation after the first step) the mask comes from the encoder output's
 `key_mask` (see `TransformerLabEncoderOutput`), or from `attention_mask` when the encoder
-output is a plain tuple or `BaseModelOutput`.  The decoder self-attention is causal only; `decoder_attention_mask` may only mark right padding
-(ones, then zeros), which cannot change a real position, and anything else raises ValueError.
+output is a plain tuple or `BaseModelOutput`.  The decoder self-attention is causal; a given
+`decoder_attention_mask` ([b, t], or [b, cached + t] with a cache) also hides the target keys it
+marks 0, as in BART.  Right padding (the contract's layout) changes no real position that way;
+left padding works too.
 
 Hidden states follow BART's convention: the embedding output, then each layer's output, the
 last one after the pre-LN `final_norm` (so it equals `encoder/output` / `decoder/output`).
@@ -42,6 +44,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,10 +120,11 @@ def check_embeds(name: str, embeds: torch.Tensor, d_model: int, max_len: int,
 def smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int, eps: float
                   ) -> torch.Tensor:
     """Mean over non-pad labels of the label-smoothed cross-entropy (spec.loss semantics);
-    -100 (HF's "no label") counts as pad."""
-    targets = labels.masked_fill(labels == IGNORE_INDEX, pad_id)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=pad_id, label_smoothing=eps)
+    -100 (HF's "no label") counts as pad, and a batch with no real label gives 0, not NaN."""
+    targets = labels.masked_fill(labels == IGNORE_INDEX, pad_id).reshape(-1)  # [b * t]
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets,
+                            ignore_index=pad_id, label_smoothing=eps, reduction="sum")
+    return total / (targets != pad_id).sum().clamp(min=1)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_id: int, start_id: int) -> torch.Tensor:
@@ -442,15 +446,23 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
         return known
 
     @staticmethod
-    def _check_decoder_mask(decoder_attention_mask: torch.Tensor | None) -> None:
-        if decoder_attention_mask is None or _tracing():
-            return
-        mask = decoder_attention_mask.bool()
-        # right padding: once a row has a 0 it stays 0, i.e. the mask never rises
-        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
-            raise ValueError(
-                "decoder_attention_mask must only mark right padding (ones, then zeros): the "
-                "decoder self-attention is causal only, so other patterns would be ignored")
+    def _decoder_mask(mask: torch.Tensor | None, target: torch.Tensor, cached: int
+                      ) -> torch.Tensor | None:
+        """decoder_attention_mask -> the key mask [b, cached + t] (True = real), or None."""
+        if mask is None:
+            return None
+        b, t = target.shape[:2]
+        if mask.dim() == 4 and mask.shape[0] == b and mask.shape[-1] >= cached + t:
+            # transformers' own [b, 1, q, slots] mask (static caches): the last query's row says
+            # which keys are real (bool, or 0 / -inf additive)
+            row = mask[:, 0, -1, :cached + t]
+            mask = row if row.dtype == torch.bool else row == 0
+        if mask.dim() == 2 and mask.shape[0] == b and mask.shape[1] == t and cached:
+            mask = torch.cat([mask.new_ones(b, cached), mask], dim=1)  # the cached keys count
+        if mask.dim() != 2 or tuple(mask.shape) != (b, cached + t):
+            raise ValueError(f"decoder_attention_mask has shape {tuple(mask.shape)}, expected "
+                             f"({b}, {cached + t}) or ({b}, {t})")
+        return mask.bool()
 
     # -- the two halves ----------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor | None = None,
@@ -526,6 +538,9 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
             raise ValueError(f"unsupported argument(s) {unused} for {type(self).__name__}.forward")
         if cache is not None and past_key_values is not None and cache is not past_key_values:
             raise ValueError("pass the cache as `cache` or `past_key_values`, not both")
+        if past_key_values is not None and cache is None:
+            warnings.warn("`past_key_values` is deprecated (transformers 5 calls it `cache`): "
+                          "pass `cache`", FutureWarning, stacklevel=2)
         cache = cache if cache is not None else past_key_values
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
@@ -564,7 +579,7 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
             check_embeds("decoder_inputs_embeds", decoder_inputs_embeds, cfg.d_model, cfg.max_len,
                          offset)
             target = decoder_inputs_embeds
-        self._check_decoder_mask(decoder_attention_mask)
+        tgt_mask = self._decoder_mask(decoder_attention_mask, target, offset)
 
         if encoder_outputs is None:
             encoder_outputs = self.encode(input_ids, attention_mask, output_attentions,
@@ -590,7 +605,8 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
         groups = self._groups(self.transformer.decoder, ("self_attn", "cross_attn"),
                               output_attentions, output_hidden_states)
         with _Recorder().record(groups) as rec:
-            logits = self.transformer.decode(target, memory, key_mask, cache)  # [b, t, v]
+            logits = self.transformer.decode(target, memory, key_mask, cache,
+                                             tgt_mask)  # [b, t, v]
 
         loss = None
         if labels is not None:

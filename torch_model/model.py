@@ -75,7 +75,7 @@ class Embed(nn.Module):
         `inputs_embeds`): either way they are scaled here."""
         vectors = table(ids) if ids.dim() == 2 else ids         # [b, l, m]
         x = self.tokens(vectors * self.scale)                   # [b, l, m]
-        x = x + self.positions[offset:offset + ids.shape[1]]   # [l, m] broadcast over b
+        x = x + self.positions[offset:offset + ids.shape[1]].to(x.dtype)  # [l, m] over b
         return self.output(self.dropout(x))
 
 
@@ -270,13 +270,18 @@ class Decoder(_Stack):
         super().__init__(config, "decoder", DecoderLayer, config.num_decoder_layers)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, memory_key_mask: torch.Tensor,
-                table: nn.Embedding | None = None, cache: Any = None) -> torch.Tensor:
+                table: nn.Embedding | None = None, cache: Any = None,
+                self_key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tgt [b, t] ids (the new ones only, when a cache holds the earlier ones),
-        memory [b, s, m], memory_key_mask [b, s] -> [b, t, m]."""
+        memory [b, s, m], memory_key_mask [b, s] -> [b, t, m].  `self_key_mask` [b, offset + t]
+        (True = real) also hides target keys (HF's `decoder_attention_mask`); None: causal only.
+        """
         offset = 0 if cache is None else cache.get_seq_length()
         x = self.embed(tgt, table if table is not None else self.embedding, offset)
         t = tgt.shape[1]
         self_mask = causal_mask(t, offset + t, tgt.device)  # [1, 1, t, offset + t]
+        if self_key_mask is not None:
+            self_mask = self_mask & padding_mask(self_key_mask)  # [b, 1, t, offset + t]
         cross_mask = padding_mask(memory_key_mask)           # [b, 1, 1, s]
         for i, layer in enumerate(self.layers):
             if cache is None:
@@ -391,10 +396,10 @@ class Transformer(nn.Module):
         return self.encoder(src, src_mask, self.src_table)
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               cache: Any = None) -> torch.Tensor:
-        """tgt [b, t] (new ids only, with a cache), memory [b, s, m], src_mask [b, s]
-        -> logits [b, t, v]."""
-        x = self.decoder(tgt, memory, src_mask, self.tgt_table, cache)
+               cache: Any = None, tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tgt [b, t] (new ids only, with a cache), memory [b, s, m], src_mask [b, s],
+        tgt_mask [b, cached + t] or None (see `Decoder.forward`) -> logits [b, t, v]."""
+        x = self.decoder(tgt, memory, src_mask, self.tgt_table, cache, tgt_mask)
         return self.logits(self.output(x, self.tgt_table.weight))
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor,
