@@ -122,13 +122,23 @@ def test_config_rejects_bad_values_naming_them():
     with pytest.raises(ValueError, match="vocab_size"):
         TransformerLabConfig(**cfg().to_dict(), vocab_size=99)
     with pytest.raises(ValueError, match="tie_word_embeddings"):
-        TransformerLabConfig(**cfg().to_dict(), tie_word_embeddings=False)
+        TransformerLabConfig(**cfg().to_dict(), tie_word_embeddings=False)  # tie_output=True
     with pytest.raises(ValueError, match="spec.TransformerConfig"):
         TransformerLabConfig.from_spec({"d_model": 24})
+    # HF's own flag alone is mapped onto tie_output
+    untied = TransformerLabConfig(**{k: v for k, v in cfg().to_dict().items()
+                                     if k != "tie_output"}, tie_word_embeddings=False)
+    assert untied.tie_output is False and untied.to_spec().tie_output is False
+    # set as attributes later, the two names of one value move together
     edited = TransformerLabConfig.from_spec(cfg())
-    edited.pad_id = 4  # the HF alias was not updated with it
-    with pytest.raises(ValueError, match="pad_token_id"):
-        edited.to_spec()
+    edited.pad_id = 4
+    assert edited.pad_token_id == 4 and edited.to_spec().pad_id == 4
+    edited.decoder_start_token_id = 3
+    assert (edited.bos_id, edited.bos_token_id) == (3, 3)
+    edited.tie_word_embeddings = False
+    assert edited.to_spec().tie_output is False
+    edited.vocab_size = 40  # shared embeddings: one vocabulary
+    assert (edited.src_vocab_size, edited.tgt_vocab_size) == (40, 40)
 
 
 # -- forward -------------------------------------------------------------------------------
@@ -267,10 +277,17 @@ def test_attention_mask_must_agree_with_pad_masking():
         dmask = tgt != config.pad_id
         dmask[:, 0] = True  # the start token is pad_id here, but it is a real position
         same = hf(input_ids=src, decoder_input_ids=tgt, decoder_attention_mask=dmask).logits
-        assert torch.equal(same, ref)
-        left = torch.ones_like(tgt)
-        left[:, 0] = 0
-        with pytest.raises(ValueError, match="decoder_attention_mask"):
+        assert torch.equal(same[dmask], ref[dmask])  # (pad queries see fewer keys: unused)
+        # other patterns hide the target keys they mark 0 (BART's semantics): left padding works
+        left_tgt = torch.cat([torch.full((3, 2), config.pad_id), tgt], dim=1)
+        left = torch.cat([torch.zeros(3, 2, dtype=torch.long), torch.ones_like(tgt)], dim=1)
+        shifted = hf(input_ids=src, decoder_input_ids=left_tgt, decoder_attention_mask=left)
+        # positions shift by 2, so only the masking is compared: a pad key changes nothing
+        shifted_pad = left_tgt.clone()
+        shifted_pad[:, :2] = (config.pad_id + 1) % config.tgt_vocab_size
+        other = hf(input_ids=src, decoder_input_ids=shifted_pad, decoder_attention_mask=left)
+        assert torch.equal(shifted.logits[:, 2:], other.logits[:, 2:])
+        with pytest.raises(ValueError, match="decoder_attention_mask has shape"):
             hf(input_ids=src, decoder_input_ids=tgt, decoder_attention_mask=left)
 
 
@@ -290,6 +307,8 @@ def test_bad_inputs_raise_naming_the_argument():
         hf(input_ids=src, labels=labels + 100)
     with pytest.raises(ValueError, match="inputs_embeds"):
         hf(input_ids=src, decoder_input_ids=tgt, inputs_embeds=torch.zeros(3, 7, 24))
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        hf(inputs_embeds=torch.zeros(3, 7, 5), decoder_input_ids=tgt)
     with torch.no_grad():  # positions run out: the cache holds 18, two more would pass max_len
         out = hf(input_ids=src, decoder_input_ids=torch.ones(3, 18, dtype=torch.int64))
         with pytest.raises(ValueError, match="decoder_input_ids has length 3"):
