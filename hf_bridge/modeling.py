@@ -566,7 +566,9 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
             raise ValueError("pass exactly one of decoder_input_ids (or labels) and "
                              "decoder_inputs_embeds")
         use_cache = self._flag(use_cache, "use_cache")
-        if self.is_gradient_checkpointing and self.training and torch.is_grad_enabled():
+        checkpointing = any(layer.gradient_checkpointing for stack in (
+            self.transformer.encoder, self.transformer.decoder) for layer in stack.layers)
+        if checkpointing and self.training and torch.is_grad_enabled():
             use_cache, cache = False, None  # the backward replay would write the cache twice
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
