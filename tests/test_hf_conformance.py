@@ -36,6 +36,8 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("parameterized", reason="transformers' model tests import parameterized "
                     "(the project's dev extra installs it)")
 
+from transformers.cache_utils import StaticCache  # noqa: E402
+
 import torch_model  # noqa: E402
 from hf_bridge import (  # noqa: E402
     TransformerLabConfig,
@@ -289,8 +291,11 @@ def test_generate_static_cache_equals_dynamic(beams):
     kwargs = dict(max_new_tokens=7, do_sample=False, num_beams=beams)
     with torch.no_grad():
         dynamic = hf.generate(src, **kwargs)
-        static = hf.generate(src, **kwargs, cache_implementation="static")
-    assert torch.equal(static, dynamic)
+        static = hf.generate(src, **kwargs, cache_implementation="static",
+                             return_dict_in_generate=True)
+    cache = getattr(static, "cache", None) or static.past_key_values
+    assert isinstance(cache.self_attention_cache, StaticCache)  # really preallocated
+    assert torch.equal(static.sequences, dynamic)
 
 
 def test_generate_continues_from_past_key_values():
@@ -301,8 +306,9 @@ def test_generate_continues_from_past_key_values():
         first = hf.generate(src, max_new_tokens=3, do_sample=False, min_new_tokens=3,
                             return_dict_in_generate=True)
         cache = getattr(first, "cache", None) or first.past_key_values
+        assert cache.get_seq_length() == first.sequences.shape[1] - 1
         again = hf.generate(src, decoder_input_ids=first.sequences, max_new_tokens=3,
-                            min_new_tokens=3, do_sample=False, past_key_values=cache)
+                            min_new_tokens=3, do_sample=False, cache=cache)
     assert torch.equal(again, once)
 
 
