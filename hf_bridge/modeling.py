@@ -75,10 +75,13 @@ def _tracing() -> bool:
 
 
 def as_tensor(name: str, x: Any, device: torch.device) -> torch.Tensor | None:
-    """A torch tensor as is, a numpy array converted onto `device`, None as None."""
+    """A torch tensor as is, a numpy array converted onto `device` (integers as int64, the
+    dtype of HF's ids), None as None."""
     if x is None or isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
+        if np.issubdtype(x.dtype, np.integer):
+            x = x.astype(np.int64)
         return torch.from_numpy(np.ascontiguousarray(x)).to(device)
     raise ValueError(f"{name} must be a torch tensor or a numpy array, got {type(x).__name__}")
 
@@ -407,6 +410,14 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
     def get_output_embeddings(self) -> None:
         """None: the head is the mirror's `Output` (tied or not), not an `nn.Linear` to resize."""
         return None
+
+    def generate(self, inputs: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """transformers' `generate`; numpy ids and masks are converted to tensors first."""
+        inputs = as_tensor("inputs", inputs, self.device)
+        for key in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"):
+            if key in kwargs:
+                kwargs[key] = as_tensor(key, kwargs[key], self.device)
+        return super().generate(inputs, *args, **kwargs)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_id, self.config.decoder_start_token_id)

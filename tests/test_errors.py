@@ -111,3 +111,16 @@ def test_hf_forward_takes_numpy_ids_and_refuses_lists():
         model(input_ids=src.tolist(), decoder_input_ids=tgt)
     with pytest.raises(ValueError, match=r"decoder_input_ids must hold integer token ids"):
         model(input_ids=src, decoder_input_ids=tgt.astype(np.float32))
+
+
+def test_hf_generate_takes_numpy_ids():
+    torch = pytest.importorskip("torch")
+    model_cls, config, flat = _hf_model_and_flat(7)
+    model = model_cls.from_canonical(flat, config)
+    src = np.array([[5, 6, 7, config.eos_id], [9, config.eos_id, 0, 0]], dtype=np.int32)
+    kwargs = dict(max_new_tokens=4, do_sample=False)
+    assert torch.equal(model.generate(src, **kwargs),
+                       model.generate(torch.as_tensor(src, dtype=torch.long), **kwargs))
+    assert torch.equal(model.generate(input_ids=src, **kwargs), model.generate(src, **kwargs))
+    with pytest.raises(ValueError, match=r"inputs must be a torch tensor or a numpy array"):
+        model.generate(src.tolist(), **kwargs)
