@@ -583,7 +583,9 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
             use_cache, cache = False, None  # the backward replay would write the cache twice
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
-        offset = 0 if cache is None or _tracing() else int(cache.get_seq_length())
+        offset = 0 if cache is None else cache.get_seq_length()  # a 0-d tensor for static ones
+        if not isinstance(offset, int):
+            offset = 0 if _tracing() else int(offset)
         if decoder_input_ids is not None:
             check_ids("decoder_input_ids", decoder_input_ids, cfg.tgt_vocab_size, cfg.max_len,
                       offset)
