@@ -20,8 +20,10 @@ tested here directly.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -91,7 +93,9 @@ def _load_transformers_tests() -> tuple[object, object] | str:
         return (f"the transformers {version} sdist was not found (set TLAB_TRANSFORMERS_SDIST or "
                 f"run `pip download --no-deps --no-binary :all: transformers=={version} -d "
                 f"{SDIST_DIR}`)")
-    root = SDIST_DIR / f"tests-{version}"
+    # keyed by the placeholders too, so an edit to them never meets a stale extraction
+    digest = hashlib.sha256(repr(sorted(PLACEHOLDERS.items())).encode()).hexdigest()[:8]
+    root = SDIST_DIR / f"tests-{version}-{digest}"
     package = root / PACKAGE
     if not (package / "test_modeling_common.py").is_file():
         prefix = f"transformers-{version}/tests/"
@@ -110,7 +114,7 @@ def _load_transformers_tests() -> tuple[object, object] | str:
         try:
             staging.rename(package)  # atomic: a half-extracted folder is never used
         except OSError:  # another process got there first
-            pass
+            shutil.rmtree(staging, ignore_errors=True)
     sys.path.insert(0, str(root))
     return (importlib.import_module(f"{PACKAGE}.test_modeling_common"),
             importlib.import_module(f"{PACKAGE}.test_configuration_common"))
