@@ -677,6 +677,9 @@ def _folder_kind(folder: Path) -> str:
     if any(folder.glob("*/_CHECKPOINT_METADATA")) or (folder / "_CHECKPOINT_METADATA").exists():
         return (f"{folder} is an orbax (JAX) checkpoint: restore it with "
                 f"jax_model.checkpointing.Checkpointer, or load the run's final/ folder")
+    inner = sorted(p.parent.name for p in folder.glob("*/config.json"))
+    if inner:
+        return f"{folder} holds checkpoint folders: load one of them, e.g. {folder / inner[-1]}"
     return "hf"
 
 

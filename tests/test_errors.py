@@ -74,6 +74,15 @@ def test_hf_from_pretrained_names_the_loader_for_other_folders(tmp_path):
     spec.save_checkpoint(run / "final", flat, config)
     with pytest.raises(ValueError, match=r"is a run folder: load its final checkpoint.*final"):
         model_cls.from_pretrained(run)
+    spec.save_checkpoint(run / "checkpoints" / "step_2", flat, config)  # the torch trainer's
+    with pytest.raises(ValueError, match=r"holds checkpoint folders: load one of them.*step_2"):
+        model_cls.from_pretrained(run / "checkpoints")
+    assert model_cls.from_pretrained(run / "checkpoints" / "step_2").config.to_spec() == config
+    orbax = tmp_path / "jax_run" / "checkpoints" / "4"
+    orbax.mkdir(parents=True)
+    (orbax / "_CHECKPOINT_METADATA").write_text("{}")  # the file orbax writes in each step
+    with pytest.raises(ValueError, match=r"orbax \(JAX\) checkpoint.*jax_model\.checkpointing"):
+        model_cls.from_pretrained(orbax.parent)
     marian = tmp_path / "marian"
     marian.mkdir()
     (marian / "config.json").write_text(json.dumps({"model_type": "marian", "d_model": 8}))
