@@ -239,8 +239,8 @@ class _Stack(nn.Module):
         return [getattr(self, f"layer_{i}") for i in range(self.num_layers)]
 
     def _run(self, layer: nn.Module, *args: Any) -> torch.Tensor:
-        # a layer with its own flag (transformers' GradientCheckpointingLayer) checkpoints itself
-        own = hasattr(layer, "gradient_checkpointing")
+        # a layer whose own flag is on (transformers' GradientCheckpointingLayer) checkpoints itself
+        own = getattr(layer, "gradient_checkpointing", False)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not own:
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
