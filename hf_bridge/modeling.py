@@ -87,9 +87,11 @@ def as_tensor(name: str, x: Any, device: torch.device) -> torch.Tensor | None:
 
 
 def check_ids(name: str, ids: torch.Tensor, vocab: int, max_len: int, cached: int = 0) -> None:
-    """`[b, len]` integer ids inside [0, vocab), at most `max_len - cached` long (torch ops).
+    """`[b, len]` integer ids inside [0, vocab), at most `max_len - cached` long.
 
-    Shape and dtype are checked always; the values only outside a compiled/exported graph.
+    `spec.check_token_array`'s checks and messages in torch ops, so that a traced graph holds
+    no numpy round-trip: shape and dtype always, the values only outside a compiled/exported
+    graph.
     """
     if ids.dim() != 2:
         raise ValueError(f"{name} must be a 2-D [batch, length] tensor of token ids, got shape "
@@ -112,6 +114,7 @@ def check_ids(name: str, ids: torch.Tensor, vocab: int, max_len: int, cached: in
 
 def check_embeds(name: str, embeds: torch.Tensor, d_model: int, max_len: int,
                  cached: int = 0) -> None:
+    """`[b, len, d_model]` float vectors standing for ids, at most `max_len - cached` long."""
     if embeds.dim() != 3 or embeds.shape[-1] != d_model or not embeds.dtype.is_floating_point:
         raise ValueError(f"{name} must be a float [batch, length, d_model={d_model}] tensor, got "
                          f"shape {tuple(embeds.shape)} and dtype {embeds.dtype}")
