@@ -15,9 +15,9 @@ They are provided here as placeholders written at import time: the two mixins wi
 test, and our own dict of `PretrainedConfig` keyword arguments.  So *generation is not covered
 by transformers' GenerationTesterMixin*; the `test_generate_*` functions at the end of this file
 check the real `generate()` against the mirror's own decoding instead, and `torch.export` is
-tested here directly.  `PipelineTesterMixin` does not apply: it builds its tiny models from a
-summary of Hub checkpoints, which an offline run cannot read, and no pipeline task is registered
-for this model type.
+tested here directly.  `PipelineTesterMixin` does not apply: it runs the per-task tests of
+`tests/pipelines/` on tiny Hub checkpoints listed in `tests/utils/tiny_model_summary.json`,
+none of which the sdist ships or an offline run can fetch.
 
 The mixin's remaining skips are its own, each with its reason: accelerators, DeepSpeed and
 flash attention absent; no base model (AutoModel) class, rope, MoE, sub-configs, weight
