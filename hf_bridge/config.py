@@ -7,8 +7,12 @@ itself reads (`vocab_size`, `num_hidden_layers`, the special token ids, `is_enco
 
 The special token ids are kept twice on purpose: `pad_id`, `bos_id`, `eos_id` (the contract's
 names) and `pad_token_id`, `bos_token_id`, `eos_token_id`, `decoder_start_token_id` (what
-`generate()` and `GenerationConfig.from_model_config` read).  They must agree; a disagreement
-raises ValueError instead of decoding with the wrong start token.
+`generate()` and `GenerationConfig.from_model_config` read).  Given together to the constructor
+they must agree (ValueError otherwise, instead of decoding with the wrong start token); set later
+as attributes, either name sets both (`config.pad_token_id = 3` is `pad_id = 3`).  HF's
+`tie_word_embeddings` is `tie_output` the same way (given alone, it sets it), and `vocab_size`
+is `tgt_vocab_size` (and also `src_vocab_size` when the embeddings are shared), so transformers'
+own `config.vocab_size = n` keeps the config valid.
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ TOKEN_ALIASES = {
     "bos_token_id": "bos_id",
     "eos_token_id": "eos_id",
     "decoder_start_token_id": "bos_id",
+}
+# an attribute set after construction -> every attribute that holds the same value
+SYNCED = {
+    "pad_id": ("pad_token_id",), "pad_token_id": ("pad_id",),
+    "eos_id": ("eos_token_id",), "eos_token_id": ("eos_id",),
+    "bos_id": ("bos_token_id", "decoder_start_token_id"),
+    "bos_token_id": ("bos_id", "decoder_start_token_id"),
+    "decoder_start_token_id": ("bos_id", "bos_token_id"),
+    "tie_output": ("tie_word_embeddings",), "tie_word_embeddings": ("tie_output",),
 }
 
 
@@ -50,6 +63,13 @@ class TransformerLabConfig(PretrainedConfig):
     def __init__(self, label_smoothing: float = 0.1, use_cache: bool = True,
                  **kwargs: Any) -> None:
         spec_kwargs = {name: kwargs.pop(name) for name in SPEC_FIELDS if name in kwargs}
+        tie = kwargs.pop("tie_word_embeddings", None)
+        if tie is not None:
+            spec_kwargs.setdefault("tie_output", tie)  # HF's flag alone sets tie_output
+            if tie != spec_kwargs["tie_output"]:
+                raise ValueError(
+                    f"TransformerLabConfig got tie_word_embeddings={tie!r} but tie_output="
+                    f"{spec_kwargs['tie_output']!r}; they must agree (one mirrors the other)")
         for alias in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size"):
             if alias in kwargs:
                 raise ValueError(
@@ -69,11 +89,6 @@ class TransformerLabConfig(PretrainedConfig):
         if kwargs.pop("is_encoder_decoder", True) is not True:
             raise ValueError("TransformerLabConfig is an encoder-decoder: is_encoder_decoder must "
                              "be True")
-        kwargs.setdefault("tie_word_embeddings", spec_cfg.tie_output)
-        if kwargs["tie_word_embeddings"] != spec_cfg.tie_output:
-            raise ValueError(
-                f"TransformerLabConfig got tie_word_embeddings={kwargs['tie_word_embeddings']!r} "
-                f"but tie_output={spec_cfg.tie_output!r}; they must agree")
         for name in SPEC_FIELDS:
             setattr(self, name, getattr(spec_cfg, name))
         self.label_smoothing = float(label_smoothing)
@@ -85,8 +100,19 @@ class TransformerLabConfig(PretrainedConfig):
             decoder_start_token_id=spec_cfg.bos_id,
             **kwargs,
         )
+        self.tie_word_embeddings = spec_cfg.tie_output
         # after super().__init__, which drops generation settings such as use_cache from kwargs
         self.use_cache = bool(use_cache)  # forward() returns a KV cache unless told otherwise
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        key = self.attribute_map.get(key, key)
+        super().__setattr__(key, value)
+        synced = SYNCED.get(key, ())
+        if key == "tgt_vocab_size" and getattr(self, "share_embeddings", False):
+            synced = ("src_vocab_size",)  # one shared table: one vocabulary
+        for other in synced:
+            if self.__dict__.get(other, value) != value:
+                super().__setattr__(other, value)
 
     @classmethod
     def from_spec(cls, config: TransformerConfig, **kwargs: Any) -> TransformerLabConfig:

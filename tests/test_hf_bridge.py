@@ -122,13 +122,23 @@ def test_config_rejects_bad_values_naming_them():
     with pytest.raises(ValueError, match="vocab_size"):
         TransformerLabConfig(**cfg().to_dict(), vocab_size=99)
     with pytest.raises(ValueError, match="tie_word_embeddings"):
-        TransformerLabConfig(**cfg().to_dict(), tie_word_embeddings=False)
+        TransformerLabConfig(**cfg().to_dict(), tie_word_embeddings=False)  # tie_output=True
     with pytest.raises(ValueError, match="spec.TransformerConfig"):
         TransformerLabConfig.from_spec({"d_model": 24})
+    # HF's own flag alone is mapped onto tie_output
+    untied = TransformerLabConfig(**{k: v for k, v in cfg().to_dict().items()
+                                     if k != "tie_output"}, tie_word_embeddings=False)
+    assert untied.tie_output is False and untied.to_spec().tie_output is False
+    # set as attributes later, the two names of one value move together
     edited = TransformerLabConfig.from_spec(cfg())
-    edited.pad_id = 4  # the HF alias was not updated with it
-    with pytest.raises(ValueError, match="pad_token_id"):
-        edited.to_spec()
+    edited.pad_id = 4
+    assert edited.pad_token_id == 4 and edited.to_spec().pad_id == 4
+    edited.decoder_start_token_id = 3
+    assert (edited.bos_id, edited.bos_token_id) == (3, 3)
+    edited.tie_word_embeddings = False
+    assert edited.to_spec().tie_output is False
+    edited.vocab_size = 40  # shared embeddings: one vocabulary
+    assert (edited.src_vocab_size, edited.tgt_vocab_size) == (40, 40)
 
 
 # -- forward -------------------------------------------------------------------------------
@@ -267,10 +277,17 @@ def test_attention_mask_must_agree_with_pad_masking():
         dmask = tgt != config.pad_id
         dmask[:, 0] = True  # the start token is pad_id here, but it is a real position
         same = hf(input_ids=src, decoder_input_ids=tgt, decoder_attention_mask=dmask).logits
-        assert torch.equal(same, ref)
-        left = torch.ones_like(tgt)
-        left[:, 0] = 0
-        with pytest.raises(ValueError, match="decoder_attention_mask"):
+        assert torch.equal(same[dmask], ref[dmask])  # (pad queries see fewer keys: unused)
+        # other patterns hide the target keys they mark 0 (BART's semantics): left padding works
+        left_tgt = torch.cat([torch.full((3, 2), config.pad_id), tgt], dim=1)
+        left = torch.cat([torch.zeros(3, 2, dtype=torch.long), torch.ones_like(tgt)], dim=1)
+        shifted = hf(input_ids=src, decoder_input_ids=left_tgt, decoder_attention_mask=left)
+        # positions shift by 2, so only the masking is compared: a pad key changes nothing
+        shifted_pad = left_tgt.clone()
+        shifted_pad[:, :2] = (config.pad_id + 1) % config.tgt_vocab_size
+        other = hf(input_ids=src, decoder_input_ids=shifted_pad, decoder_attention_mask=left)
+        assert torch.equal(shifted.logits[:, 2:], other.logits[:, 2:])
+        with pytest.raises(ValueError, match="decoder_attention_mask has shape"):
             hf(input_ids=src, decoder_input_ids=tgt, decoder_attention_mask=left)
 
 
@@ -290,6 +307,8 @@ def test_bad_inputs_raise_naming_the_argument():
         hf(input_ids=src, labels=labels + 100)
     with pytest.raises(ValueError, match="inputs_embeds"):
         hf(input_ids=src, decoder_input_ids=tgt, inputs_embeds=torch.zeros(3, 7, 24))
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        hf(inputs_embeds=torch.zeros(3, 7, 5), decoder_input_ids=tgt)
     with torch.no_grad():  # positions run out: the cache holds 18, two more would pass max_len
         out = hf(input_ids=src, decoder_input_ids=torch.ones(3, 18, dtype=torch.int64))
         with pytest.raises(ValueError, match="decoder_input_ids has length 3"):
@@ -427,3 +446,97 @@ def test_generate_pads_after_eos_and_needs_no_attention_mask():
         generate_tokens(hf, src, 4, num_beams=2)
     with pytest.raises(ValueError, match="src"):
         generate_tokens(hf, src + 100, 4)
+
+
+# -- gradient checkpointing, sdpa, inputs_embeds -------------------------------------------
+def _saved_bytes(hf, src, labels) -> tuple[int, dict[str, torch.Tensor]]:
+    """Bytes autograd keeps for the backward (parameters excluded), and the gradients."""
+    params = {p.untyped_storage().data_ptr() for p in hf.parameters()}
+    seen, total = set(), [0]
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr not in seen:
+            seen.add(ptr)
+            total[0] += t.untyped_storage().nbytes()
+        return t
+
+    hf.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = hf(input_ids=src, labels=labels).loss
+    loss.backward()
+    return total[0], {n: p.grad.clone() for n, p in hf.named_parameters()}
+
+
+def test_gradient_checkpointing_saves_activations_and_keeps_the_gradients():
+    config = CONFIGS["pre-unshared-untied-bias"].replace(dropout_rate=0.0)
+    _, _, hf = mirror_and_hf(config, seed=30)
+    src, _, labels = batch(config, seed=31)
+    hf.train()
+    plain, grads = _saved_bytes(hf, src, labels)
+    hf.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for stack in (hf.transformer.encoder,
+                                                         hf.transformer.decoder)
+               for layer in stack.layers)
+    checkpointed, grads_ckpt = _saved_bytes(hf, src, labels)
+    assert checkpointed < 0.6 * plain, (checkpointed, plain)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+    # with gradients on, the cache would be written twice by the backward replay: none is built
+    assert hf(input_ids=src, decoder_input_ids=labels).cache is None
+
+
+@pytest.mark.parametrize("name", ["post-shared-tied", "pre-unshared-untied-bias"])
+def test_sdpa_matches_eager_and_capture_falls_back_to_eager(name):
+    config = CONFIGS[name]
+    _, mirror, hf = mirror_and_hf(config, seed=32)
+    src, tgt, _ = batch(config, seed=33)
+    sdpa = Model.from_canonical(hf.to_canonical(), config, attn_implementation="sdpa")
+    assert sdpa.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        eager_logits = hf(input_ids=src, decoder_input_ids=tgt).logits
+        fused = sdpa(input_ids=src, decoder_input_ids=tgt).logits
+        torch.testing.assert_close(fused, eager_logits, rtol=1e-5, atol=1e-5)
+        with torch_model.capture(sdpa) as inter:  # hooks on the taps: eager, every name filled
+            captured = sdpa(input_ids=src, decoder_input_ids=tgt).logits
+        ref, ref_inter = torch_model.forward(mirror, src, tgt)
+        assert torch.equal(captured, ref.detach()) and set(inter) == set(ref_inter)
+        attn = sdpa(input_ids=src, decoder_input_ids=tgt, output_attentions=True)
+    assert len(attn.cross_attentions) == config.num_decoder_layers
+
+
+@pytest.mark.parametrize("name", ["post-shared-tied", "pre-unshared-untied-bias"])
+def test_inputs_embeds_equal_the_ids_they_stand_for(name):
+    config = CONFIGS[name]  # scaled shared table; separate unscaled tables
+    _, _, hf = mirror_and_hf(config, seed=34)
+    src, tgt, _ = batch(config, seed=35)
+    with torch.no_grad():
+        ref = hf(input_ids=src, decoder_input_ids=tgt).logits
+        src_vecs = hf.get_input_embeddings()(src)
+        tgt_vecs = hf.transformer.tgt_table(tgt)
+        out = hf(inputs_embeds=src_vecs, attention_mask=src != config.pad_id,
+                 decoder_inputs_embeds=tgt_vecs).logits
+        unmasked = hf(inputs_embeds=src_vecs, decoder_inputs_embeds=tgt_vecs).logits
+    assert torch.equal(out, ref)
+    assert (unmasked - ref).abs().max() > 1e-4  # without a mask the pads are real keys
+
+
+def test_resize_token_embeddings_keeps_rows_and_resizes_the_output():
+    config = CONFIGS["split-swish-shared-untied"]  # shared table, untied output with bias
+    flat, _, hf = mirror_and_hf(config, seed=36)
+    table = hf.resize_token_embeddings(config.tgt_vocab_size + 5)
+    assert table.weight.shape[0] == config.tgt_vocab_size + 5
+    spec_cfg = hf.spec_config
+    assert (spec_cfg.src_vocab_size, spec_cfg.tgt_vocab_size) == (42, 42)
+    after = hf.to_canonical()
+    np.testing.assert_array_equal(after["shared_embedding/embedding"][:37],
+                                  flat["shared_embedding/embedding"])
+    np.testing.assert_array_equal(after["output/kernel"][:, :37], flat["output/kernel"])
+    np.testing.assert_array_equal(after["output/bias"][37:], np.zeros(5, np.float32))
+    src, tgt, _ = batch(config, seed=37)
+    with torch.no_grad():
+        assert hf(input_ids=src, decoder_input_ids=tgt).logits.shape[-1] == 42
+    unshared = Model.from_canonical(random_flat(CONFIGS["pre-unshared-untied-bias"], 1),
+                                    CONFIGS["pre-unshared-untied-bias"])
+    with pytest.raises(ValueError, match="share_embeddings"):
+        unshared.resize_token_embeddings(50)

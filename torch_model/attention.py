@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -41,6 +42,22 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
 def attend(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """weights @ v: [b, h, q, k], [b, h, k, d] -> [b, h, q, d]."""
     return torch.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
+    """`attend(masked_softmax(attention_scores(q, k), mask), v)` by torch's fused
+    `scaled_dot_product_attention`: [b, h, q, d], [b, h, k, d] x2 -> [b, h, q, d].
+
+    The mask is given as an additive bias of the dtype's most negative value: in float32
+    `score + min` rounds to `min` exactly, so this is the replaced mask of `masked_softmax`
+    (an all-masked row stays exactly uniform, never NaN); only the summation order differs.
+    """
+    bias = None
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~mask, torch.finfo(q.dtype).min)  # broadcasts to [b, h, q, k]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
 
 
 def padding_mask(key_mask: torch.Tensor) -> torch.Tensor:

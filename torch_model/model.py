@@ -22,6 +22,7 @@ from .attention import (
     attend,
     attention_scores,
     causal_mask,
+    fused_attention,
     masked_softmax,
     merge_heads,
     padding_mask,
@@ -70,8 +71,11 @@ class Embed(nn.Module):
         self.output = Tap()
 
     def forward(self, ids: torch.Tensor, table: nn.Embedding, offset: int = 0) -> torch.Tensor:
-        x = self.tokens(table(ids) * self.scale)                # [b, l, m]
-        x = x + self.positions[offset:offset + ids.shape[1]]   # [l, m] broadcast over b
+        """ids [b, l], or the token vectors [b, l, m] that `table(ids)` would give (HF's
+        `inputs_embeds`): either way they are scaled here."""
+        vectors = table(ids) if ids.dim() == 2 else ids         # [b, l, m]
+        x = self.tokens(vectors * self.scale)                   # [b, l, m]
+        x = x + self.positions[offset:offset + ids.shape[1]].to(x.dtype)  # [l, m] over b
         return self.output(self.dropout(x))
 
 
@@ -81,7 +85,14 @@ class Attention(nn.Module):
     Taps (canonical order): q, k, v [b, h, l, d]; scores (before the mask) and weights (after
     the masked softmax, before dropout) [b, h, q, k]; context [b, h, q, d]; output [b, q, m]
     (after the `out` projection, before the residual dropout).
+
+    `sdpa = True` (set by the HF bridge for `attn_implementation="sdpa"`) computes the context
+    with torch's fused `scaled_dot_product_attention`, which never materialises scores or
+    weights: their taps then see nothing, so while a hook is on either of them (capture, patch,
+    HF's `output_attentions`) the layer runs the eager path instead.
     """
+
+    sdpa = False
 
     def __init__(self, config: TransformerConfig, cross: bool = False) -> None:
         super().__init__()
@@ -128,6 +139,15 @@ class Attention(nn.Module):
         else:
             k, v = self._cached_kv(source, cache, layer_idx)
         k, v = self.k(k), self.v(v)                                     # [b, h, k, d]
+        if mask is not None and mask.shape[-1] < k.shape[-2]:
+            # a static (preallocated) cache returns all its slots: those past the mask are empty
+            mask = torch.cat([mask, mask.new_zeros(*mask.shape[:-1], k.shape[-2] - mask.shape[-1])],
+                             dim=-1)
+        if self.sdpa and not (self.scores._forward_hooks or self.weights._forward_hooks):
+            rate = self.weights_dropout.p if self.training and hasattr(self.weights_dropout, "p") \
+                else 0.0
+            context = self.context(fused_attention(q, k, v, mask, rate))  # [b, h, q, d]
+            return self.output(self.out(merge_heads(context)))             # [b, q, m]
         scores = self.scores(attention_scores(q, k))                    # [b, h, q, k]
         weights = self.weights(masked_softmax(scores, mask))           # [b, h, q, k]
         context = self.context(attend(self.weights_dropout(weights), v))  # [b, h, q, d]
@@ -219,7 +239,9 @@ class _Stack(nn.Module):
         return [getattr(self, f"layer_{i}") for i in range(self.num_layers)]
 
     def _run(self, layer: nn.Module, *args: Any) -> torch.Tensor:
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        # a layer whose own flag is on (transformers' GradientCheckpointingLayer) checkpoints itself
+        own = getattr(layer, "gradient_checkpointing", False)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not own:
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
@@ -248,13 +270,18 @@ class Decoder(_Stack):
         super().__init__(config, "decoder", DecoderLayer, config.num_decoder_layers)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, memory_key_mask: torch.Tensor,
-                table: nn.Embedding | None = None, cache: Any = None) -> torch.Tensor:
+                table: nn.Embedding | None = None, cache: Any = None,
+                self_key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tgt [b, t] ids (the new ones only, when a cache holds the earlier ones),
-        memory [b, s, m], memory_key_mask [b, s] -> [b, t, m]."""
+        memory [b, s, m], memory_key_mask [b, s] -> [b, t, m].  `self_key_mask` [b, offset + t]
+        (True = real) also hides target keys (HF's `decoder_attention_mask`); None: causal only.
+        """
         offset = 0 if cache is None else cache.get_seq_length()
         x = self.embed(tgt, table if table is not None else self.embedding, offset)
         t = tgt.shape[1]
         self_mask = causal_mask(t, offset + t, tgt.device)  # [1, 1, t, offset + t]
+        if self_key_mask is not None:
+            self_mask = self_mask & padding_mask(self_key_mask)  # [b, 1, t, offset + t]
         cross_mask = padding_mask(memory_key_mask)           # [b, 1, 1, s]
         for i, layer in enumerate(self.layers):
             if cache is None:
@@ -282,6 +309,25 @@ class Output(nn.Module):
         return F.linear(x, weight, self.bias)  # [b, t, v]
 
 
+def init_module(module: nn.Module, d_model: int, generator: torch.Generator | None = None) -> None:
+    """Initialise one module's own parameters: Xavier-uniform projections, N(0, 1/m) token
+    tables, unit norms, zero biases (the HF bridge's `_init_weights` calls it per module)."""
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight, generator=generator)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=d_model ** -0.5, generator=generator)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, Output):
+            if module.weight is not None:
+                nn.init.xavier_uniform_(module.weight, generator=generator)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class Transformer(nn.Module):
     """The whole model.  `forward(src, tgt)` -> logits [b, t, v]; see `api.forward` for the
     checked, captured, deterministic entry point."""
@@ -302,27 +348,11 @@ class Transformer(nn.Module):
 
     # -- parameters --------------------------------------------------------------------------
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Xavier-uniform projections, N(0, 1/m) token tables, unit norms, zero biases.
-
-        Deterministic under `torch.manual_seed` (or the given generator).  Cross-framework
-        parity loads the same canonical weights, so these need not match Flax's initialisers.
-        """
-        std = self.config.d_model ** -0.5
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.xavier_uniform_(module.weight, generator=generator)
-                    nn.init.zeros_(module.bias)
-                elif isinstance(module, nn.Embedding):
-                    nn.init.normal_(module.weight, std=std, generator=generator)
-                elif isinstance(module, nn.LayerNorm):
-                    nn.init.ones_(module.weight)
-                    nn.init.zeros_(module.bias)
-                elif isinstance(module, Output):
-                    if module.weight is not None:
-                        nn.init.xavier_uniform_(module.weight, generator=generator)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
+        """Every module's `init_module`; deterministic under `torch.manual_seed` (or the given
+        generator).  Cross-framework parity loads the same canonical weights, so these need not
+        match Flax's initialisers."""
+        for module in self.modules():
+            init_module(module, self.config.d_model, generator)
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -366,10 +396,10 @@ class Transformer(nn.Module):
         return self.encoder(src, src_mask, self.src_table)
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               cache: Any = None) -> torch.Tensor:
-        """tgt [b, t] (new ids only, with a cache), memory [b, s, m], src_mask [b, s]
-        -> logits [b, t, v]."""
-        x = self.decoder(tgt, memory, src_mask, self.tgt_table, cache)
+               cache: Any = None, tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tgt [b, t] (new ids only, with a cache), memory [b, s, m], src_mask [b, s],
+        tgt_mask [b, cached + t] or None (see `Decoder.forward`) -> logits [b, t, v]."""
+        x = self.decoder(tgt, memory, src_mask, self.tgt_table, cache, tgt_mask)
         return self.logits(self.output(x, self.tgt_table.weight))
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor,
