@@ -14,18 +14,25 @@ always pad_id.
 (rows = b, or b * beam_size for beam search, beams of one sentence adjacent).  Self-attention
 keys grow by one per step; their axis is padded with zeros to the last step's length
 (`weights` [steps, rows, h, 1, steps], future positions 0).
+
+`patch` (the mapping of `forward`) is applied at every step (spec/patching.py): a function
+gets one step's value (`[rows, h, 1, d]` for a decoder context; the whole cache
+`[rows, h, step + 1, d]` for decoder self-attention k/v); an Intervention's position
+selections refer to the step's query position (and, for self-attention k/v, to cache slots).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from spec import check_tokens
+from spec.patching import decode_plan, decode_rule, step_slice
 
-from .api import as_ids, full_precision, mode, model_device
+from .api import affine, as_ids, full_precision, mode, model_device, patched
 from .cache import EncoderDecoderCache
 from .model import Transformer
 from .taps import capture as capture_taps
@@ -81,6 +88,40 @@ class _Steps:
         return out
 
 
+class _Patcher:
+    """One decode's `patch`, cut per step: `encoder()` for the encoder's taps, `at(step)` for
+    the taps of the decode step that feeds query position `step`."""
+
+    def __init__(self, model: Transformer, patch: Mapping | None, src: np.ndarray,
+                 max_len: int, beams: int = 1) -> None:
+        self.model = model
+        self.device = model_device(model)
+        self.fns, self.coeffs = decode_plan(patch, model.config, src.shape[0], src.shape[1],
+                                            max_len, beams)
+
+    def _part(self, decoder: bool) -> dict[str, Any]:
+        return {n: f for n, f in self.fns.items()
+                if (n.startswith("decoder/") or n == "logits") == decoder}
+
+    def encoder(self) -> Any:
+        fns = self._part(False)
+        fns.update({n: affine(a, b, self.device) for n, (a, b) in self.coeffs.items()
+                    if decode_rule(n) == "full" and n.startswith("encoder/")})
+        return patched(self.model, fns)
+
+    def at(self, step: int) -> Any:
+        fns = self._part(True)
+        for n, (a, b) in self.coeffs.items():
+            if n.startswith("decoder/") or n == "logits":
+                fns[n] = affine(step_slice(n, a, step, step + 1), step_slice(n, b, step, step + 1),
+                                self.device)
+        return patched(self.model, fns)
+
+    def run(self, step: int, fn: Any) -> Any:
+        with self.at(step):
+            return fn()
+
+
 def _finish(tokens: torch.Tensor, max_len: int, pad_id: int) -> torch.Tensor:
     """[b, n] generated tokens (bos excluded) -> [b, max_len], right-padded with pad_id."""
     out = torch.full((tokens.shape[0], max_len), pad_id, dtype=torch.int64, device=tokens.device)
@@ -89,24 +130,28 @@ def _finish(tokens: torch.Tensor, max_len: int, pad_id: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_decode(model: Transformer, src: object, max_len: int, capture: bool = False
+def greedy_decode(model: Transformer, src: object, max_len: int, patch: Mapping | None = None,
+                  capture: bool = False
                   ) -> torch.Tensor | tuple[torch.Tensor, dict[str, np.ndarray]]:
     """Argmax decoding: src [b, s] -> tokens [b, max_len] (and per-step captures)."""
     src_np = _check(model, src, max_len)
     c = model.config
     device = model_device(model)
     recorder = _Steps(model, capture)
+    patcher = _Patcher(model, patch, src_np, max_len)
     with full_precision(), mode(model, False):
         src_t = as_ids(src_np, device)
         src_mask = model.source_mask(src_t)                                     # [b, s]
-        memory = model.encode(src_t, src_mask)                                 # [b, s, m]
+        with patcher.encoder():
+            memory = model.encode(src_t, src_mask)                             # [b, s, m]
         b = src_t.shape[0]
         cache = EncoderDecoderCache()
         tokens = torch.full((b, 1), c.bos_id, dtype=torch.int64, device=device)  # [b, 1]
         unfinished = torch.ones(b, dtype=torch.int64, device=device)
-        for _ in range(max_len):
+        for i in range(max_len):
             step = tokens[:, -1:]
-            logits = recorder.run(lambda step=step: model.decode(step, memory, src_mask, cache))
+            logits = recorder.run(lambda step=step, i=i: patcher.run(
+                i, lambda: model.decode(step, memory, src_mask, cache)))
             next_tokens = torch.argmax(logits[:, -1].float(), dim=-1)          # [b]
             next_tokens = next_tokens * unfinished + c.pad_id * (1 - unfinished)
             tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
@@ -126,7 +171,8 @@ def _gather_beams(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
-                alpha: float = 1.0, early_stopping: bool | str = False, capture: bool = False
+                alpha: float = 1.0, early_stopping: bool | str = False, capture: bool = False,
+                patch: Mapping | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, np.ndarray]]:
     """Beam search as HF `generate(num_beams=beam_size, length_penalty=alpha, ...)`.
 
@@ -143,6 +189,7 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
     c = model.config
     device = model_device(model)
     recorder = _Steps(model, capture)
+    patcher = _Patcher(model, patch, src_np, max_len, beam_size)
     n = beam_size
     keep = 2 * n                 # (one eos id + 1) * beams candidates per step
     max_length = 1 + max_len     # HF counts the decoder start token
@@ -150,7 +197,8 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
     with full_precision(), mode(model, False):
         src_t = as_ids(src_np, device).repeat_interleave(n, dim=0)            # [b*n, s]
         src_mask = model.source_mask(src_t)
-        memory = model.encode(src_t, src_mask)                                 # [b*n, s, m]
+        with patcher.encoder():
+            memory = model.encode(src_t, src_mask)                             # [b*n, s, m]
         b = src_np.shape[0]
         cache = EncoderDecoderCache()
         running = torch.full((b, n, max_length), c.pad_id, dtype=torch.int64, device=device)
@@ -169,7 +217,8 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
         cur_len = prompt
         while True:
             step = running[:, :, cur_len - 1].reshape(b * n, 1)                # [b*n, 1]
-            logits = recorder.run(lambda step=step: model.decode(step, memory, src_mask, cache))
+            logits = recorder.run(lambda step=step, i=cur_len - prompt: patcher.run(
+                i, lambda: model.decode(step, memory, src_mask, cache)))
             log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)       # [b*n, v]
             v = log_probs.shape[-1]
             log_probs = log_probs.reshape(b, n, v) + running_scores[:, :, None]
