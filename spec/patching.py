@@ -104,30 +104,38 @@ def _rows(arr: np.ndarray, beams: int) -> np.ndarray:
     return np.repeat(arr, beams, axis=0)
 
 
+def in_decoder(name: str) -> bool:
+    """Whether a decode step (not the one encoder pass) makes `name`."""
+    return name.startswith("decoder/") or name == "logits"
+
+
 def decode_plan(patch: Mapping | None, config: TransformerConfig, batch: int, src_len: int,
                 max_len: int, beams: int = 1) -> tuple[dict[str, Callable], Coefficients]:
     """Checked `(functions, coefficients)` of a decode of `max_len` steps.
 
     Coefficients are the full-forward ones for a target of length `max_len` (position p = the
-    step that feeds query position p), with the batch axis repeated per beam; implementations
-    cut them per step with `step_slice` (torch) or the same rule in `lax` (jax)."""
+    step that feeds query position p).  The encoder runs once on the `batch` source rows; the
+    decoder's batch axis is repeated per beam.  Implementations cut the decoder's per step with
+    `step_slice` (torch) or the same rule in `lax` (jax)."""
     fns, coeffs = forward_plan(patch, config, batch, src_len, max_len)
-    return fns, {n: (_rows(a, beams), _rows(b, beams)) for n, (a, b) in coeffs.items()}
+    return fns, {n: (_rows(a, beams), _rows(b, beams)) if in_decoder(n) else (a, b)
+                 for n, (a, b) in coeffs.items()}
 
 
-def step_slice(name: str, arr: np.ndarray, step: int, keys: int) -> np.ndarray:
-    """One decode step's coefficient array for a cache that holds `keys` positions (the query
-    at `step` included), cut by `decode_rule(name)`; size-1 (broadcast) axes stay as they are."""
+def step_slice(name: str, arr: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The coefficients of a decoder call that feeds query positions `start..stop-1` against a
+    cache of `stop` positions (one step: `stop = start + 1`), cut by `decode_rule(name)`;
+    size-1 (broadcast) axes stay as they are."""
     rule = decode_rule(name)
     if rule == "full" or arr.ndim == 0:
         return arr
     axis = position_axis(name)
     if rule == "cache":
-        return arr.take(range(keys), axis=axis) if arr.shape[axis] != 1 else arr
+        return arr.take(range(stop), axis=axis) if arr.shape[axis] != 1 else arr
     if arr.shape[axis] != 1:
-        arr = arr.take([step], axis=axis)
+        arr = arr.take(range(start, stop), axis=axis)
     if "/self_attn/" in name and point_of(name) in KEY_POINTS and arr.shape[3] != 1:
-        arr = arr[..., :keys]
+        arr = arr[..., :stop]
     return np.ascontiguousarray(arr)
 
 

@@ -23,14 +23,15 @@ selections refer to the step's query position (and, for self-attention k/v, to c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from spec import check_tokens
-from spec.patching import decode_plan, decode_rule, step_slice
+from spec.patching import decode_plan, in_decoder, step_slice
 
 from .api import affine, as_ids, full_precision, mode, model_device, patched
 from .cache import EncoderDecoderCache
@@ -88,38 +89,38 @@ class _Steps:
         return out
 
 
-class _Patcher:
-    """One decode's `patch`, cut per step: `encoder()` for the encoder's taps, `at(step)` for
-    the taps of the decode step that feeds query position `step`."""
+@contextlib.contextmanager
+def decode_patch(model: Transformer, patch: Mapping | None, src: np.ndarray, max_len: int,
+                 beams: int = 1) -> Iterator[None]:
+    """Apply `patch` through a whole decode (this module's searches, or HF `generate`).
 
-    def __init__(self, model: Transformer, patch: Mapping | None, src: np.ndarray,
-                 max_len: int, beams: int = 1) -> None:
-        self.model = model
-        self.device = model_device(model)
-        self.fns, self.coeffs = decode_plan(patch, model.config, src.shape[0], src.shape[1],
-                                            max_len, beams)
+    A pre-hook on the decoder reads which query positions the call feeds (the cache length,
+    plus the new ids) and each decoder tap cuts its coefficients to them (spec.patching);
+    the encoder's taps use the full ones.  Nothing is registered when `patch` is empty."""
+    fns, coeffs = decode_plan(patch, model.config, src.shape[0], src.shape[1], max_len, beams)
+    if not fns and not coeffs:
+        yield
+        return
+    device = model_device(model)
+    window = [0, 1]  # query positions start..stop-1 of the running decoder call
 
-    def _part(self, decoder: bool) -> dict[str, Any]:
-        return {n: f for n, f in self.fns.items()
-                if (n.startswith("decoder/") or n == "logits") == decoder}
+    def feed(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        cache = args[4] if len(args) > 4 else kwargs.get("cache")
+        window[0] = cache.get_seq_length() if cache is not None else 0
+        window[1] = window[0] + args[0].shape[1]
 
-    def encoder(self) -> Any:
-        fns = self._part(False)
-        fns.update({n: affine(a, b, self.device) for n, (a, b) in self.coeffs.items()
-                    if decode_rule(n) == "full" and n.startswith("encoder/")})
-        return patched(self.model, fns)
+    def cut(name: str, scale: np.ndarray, shift: np.ndarray) -> Any:
+        if not in_decoder(name):
+            return affine(scale, shift, device)
+        return lambda value: affine(step_slice(name, scale, *window),
+                                    step_slice(name, shift, *window), device)(value)
 
-    def at(self, step: int) -> Any:
-        fns = self._part(True)
-        for n, (a, b) in self.coeffs.items():
-            if n.startswith("decoder/") or n == "logits":
-                fns[n] = affine(step_slice(n, a, step, step + 1), step_slice(n, b, step, step + 1),
-                                self.device)
-        return patched(self.model, fns)
-
-    def run(self, step: int, fn: Any) -> Any:
-        with self.at(step):
-            return fn()
+    handle = model.decoder.register_forward_pre_hook(feed, with_kwargs=True)
+    try:
+        with patched(model, {**fns, **{n: cut(n, *c) for n, c in coeffs.items()}}):
+            yield
+    finally:
+        handle.remove()
 
 
 def _finish(tokens: torch.Tensor, max_len: int, pad_id: int) -> torch.Tensor:
@@ -138,20 +139,17 @@ def greedy_decode(model: Transformer, src: object, max_len: int, patch: Mapping 
     c = model.config
     device = model_device(model)
     recorder = _Steps(model, capture)
-    patcher = _Patcher(model, patch, src_np, max_len)
-    with full_precision(), mode(model, False):
+    with full_precision(), mode(model, False), decode_patch(model, patch, src_np, max_len):
         src_t = as_ids(src_np, device)
         src_mask = model.source_mask(src_t)                                     # [b, s]
-        with patcher.encoder():
-            memory = model.encode(src_t, src_mask)                             # [b, s, m]
+        memory = model.encode(src_t, src_mask)                                 # [b, s, m]
         b = src_t.shape[0]
         cache = EncoderDecoderCache()
         tokens = torch.full((b, 1), c.bos_id, dtype=torch.int64, device=device)  # [b, 1]
         unfinished = torch.ones(b, dtype=torch.int64, device=device)
-        for i in range(max_len):
+        for _ in range(max_len):
             step = tokens[:, -1:]
-            logits = recorder.run(lambda step=step, i=i: patcher.run(
-                i, lambda: model.decode(step, memory, src_mask, cache)))
+            logits = recorder.run(lambda step=step: model.decode(step, memory, src_mask, cache))
             next_tokens = torch.argmax(logits[:, -1].float(), dim=-1)          # [b]
             next_tokens = next_tokens * unfinished + c.pad_id * (1 - unfinished)
             tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
@@ -189,16 +187,15 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
     c = model.config
     device = model_device(model)
     recorder = _Steps(model, capture)
-    patcher = _Patcher(model, patch, src_np, max_len, beam_size)
     n = beam_size
     keep = 2 * n                 # (one eos id + 1) * beams candidates per step
     max_length = 1 + max_len     # HF counts the decoder start token
     prompt = 1
-    with full_precision(), mode(model, False):
-        src_t = as_ids(src_np, device).repeat_interleave(n, dim=0)            # [b*n, s]
-        src_mask = model.source_mask(src_t)
-        with patcher.encoder():
-            memory = model.encode(src_t, src_mask)                             # [b*n, s, m]
+    with full_precision(), mode(model, False), decode_patch(model, patch, src_np, max_len, n):
+        src_t = as_ids(src_np, device)                                         # [b, s]
+        src_mask = model.source_mask(src_t).repeat_interleave(n, dim=0)      # [b*n, s]
+        # encode the b sources once (as HF generate does), then one copy per beam
+        memory = model.encode(src_t).repeat_interleave(n, dim=0)               # [b*n, s, m]
         b = src_np.shape[0]
         cache = EncoderDecoderCache()
         running = torch.full((b, n, max_length), c.pad_id, dtype=torch.int64, device=device)
@@ -217,8 +214,7 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
         cur_len = prompt
         while True:
             step = running[:, :, cur_len - 1].reshape(b * n, 1)                # [b*n, 1]
-            logits = recorder.run(lambda step=step, i=cur_len - prompt: patcher.run(
-                i, lambda: model.decode(step, memory, src_mask, cache)))
+            logits = recorder.run(lambda step=step: model.decode(step, memory, src_mask, cache))
             log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)       # [b*n, v]
             v = log_probs.shape[-1]
             log_probs = log_probs.reshape(b, n, v) + running_scores[:, :, None]
