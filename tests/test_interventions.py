@@ -44,7 +44,7 @@ def make(kind, flat=FLAT, config=CONFIG):
     return HFAdapter(hf_bridge.TransformerLabForConditionalGeneration.from_canonical(flat, config))
 
 
-KINDS = ["torch"]
+KINDS = ["torch", "jax"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
