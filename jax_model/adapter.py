@@ -94,6 +94,11 @@ class JaxAdapter:
         self.config = check_config(config)
         self._params = params
 
+    @classmethod
+    def from_canonical(cls, flat: dict, config: TransformerConfig) -> JaxAdapter:
+        """The registry's factory (spec.implementations)."""
+        return cls(from_canonical(flat, config), config)
+
     def capture(self, src: object, tgt: object) -> dict[str, np.ndarray]:
         """Every canonical intermediate of a deterministic forward (numpy, execution order)."""
         _, inter = forward(self._params, self.config, src, tgt, capture=True)
