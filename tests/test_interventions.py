@@ -194,10 +194,10 @@ def test_an_identity_patch_leaves_decoding_unchanged(adapter, clean):
     full = clean[1]
     name = "encoder/layer_0/self_attn/output"
     for beams in (1, 3):
-        same = adapter.decode(SRC, 6, beam_size=beams, alpha=0.8,
+        same = adapter.decode(SRC, 5, beam_size=beams, alpha=0.8,
                               interventions=[iv.patch_from(name, full[name]),
                                              iv.scale("decoder/layer_1/ffn/output", 1.0)])
-        np.testing.assert_array_equal(same, adapter.decode(SRC, 6, beam_size=beams, alpha=0.8))
+        np.testing.assert_array_equal(same, adapter.decode(SRC, 5, beam_size=beams, alpha=0.8))
 
 
 def test_torch_forward_patch_takes_functions_and_checks_their_shapes():
@@ -285,8 +285,8 @@ def test_intermediate_gradients_agree_for_every_name(kind, reference, kinds):
 @pytest.mark.parametrize("kind", ["jax", "hf"])
 def test_metric_sweeps_agree(kind, reference, kinds):
     metric = iv.logit_diff(3, 5, CONFIG.tgt_vocab_size, position=2, correct=5, wrong=[6, 7, 8])
-    sweep = [[k] for k in kinds] + [[iv.zero_ablate("decoder/layer_0/self_attn/context",
-                                                    heads=[h])] for h in range(4)]
+    sweep = [[k] for k in kinds[:2]] + [[iv.zero_ablate("decoder/layer_0/self_attn/context",
+                                                        heads=[h])] for h in range(4)]
     want = reference.metric_under(SRC, TGT, metric, sweep)
     got = make(kind).metric_under(SRC, TGT, metric, sweep)
     assert normalised(got, want) < TOL
