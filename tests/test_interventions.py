@@ -346,3 +346,46 @@ def test_jax_capture_off_and_patch_off_add_no_operation():
     name = "decoder/layer_0/ffn/activation"
     tree = coefficient_tree({name: iv.scale(name, 2.0).coefficients((3, 5, 64))})
     assert len(eqns(False, tree)) == len(plain) + 2  # one multiply, one add
+
+
+# -- the registry and the parity section -------------------------------------------------------
+def test_one_registry_names_every_implementation():
+    from spec import implementations as registry
+
+    assert registry.NAMES == ("jax", "torch", "hf")
+    assert [registry.canonical_name(a) for a in ("pytorch", "huggingface", "JAX")] == \
+        ["torch", "hf", "jax"]
+    with pytest.raises(ValueError, match="'mxnet'.*'jax', 'torch', 'hf'"):
+        registry.canonical_name("mxnet")
+    for name in registry.importable():
+        adapter = registry.from_canonical(name, FLAT, CONFIG)
+        assert adapter.name == name
+        assert isinstance(adapter, registry.Adapter)
+        assert registry.package_of(getattr(adapter, "model", None)) in (None, name)
+    from analysis.models import resolve_model
+
+    model = torch_model.Transformer(CONFIG).load_canonical(FLAT)
+    assert resolve_model(model).name == "torch"
+    assert resolve_model((FLAT, CONFIG)).name in registry.NAMES
+
+
+def test_a_decode_patch_is_checked_against_the_decode_length():
+    model = torch_model.Transformer(CONFIG).load_canonical(FLAT)
+    with pytest.raises(ValueError, match="positions \\[4\\] out of range"):
+        torch_model.greedy_decode(model, SRC, 3, patch={
+            "logits": iv.zero_ablate("logits", positions=[4])})
+    assert not torch_model.has_hooks(model)
+
+
+def test_the_parity_section_runs_clean():
+    pytest.importorskip("jax")
+    pytest.importorskip("transformers")
+    from parity import interventions
+    from parity.batch import make_batch
+
+    batch = make_batch(CONFIG, 0, 3, 7, 5)
+    checks = interventions.quick(CONFIG, FLAT, batch)
+    names = {c.name for c in checks}
+    assert {"patched/logits", "patched/encoder/layer_0/self_attn/weights"} <= names
+    assert {c.pair for c in checks} == {"torch~jax", "hf~jax"}
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok][:3]
