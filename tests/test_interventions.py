@@ -64,11 +64,12 @@ def corrupt(adapter):
 
 def test_patching_a_value_with_itself_changes_nothing(adapter, clean):
     logits, inter = clean
-    for name in ("encoder/layer_1/self_attn/weights", "decoder/layer_0/cross_attn/context",
-                 "decoder/layer_1/ffn_norm/input", "logits"):
-        out, got = adapter.run(SRC, TGT, [iv.patch_from(name, inter[name])])
-        np.testing.assert_array_equal(out, logits)
-        np.testing.assert_array_equal(got[name], inter[name])
+    names = ("encoder/layer_1/self_attn/weights", "decoder/layer_0/cross_attn/context",
+             "decoder/layer_1/ffn_norm/input", "logits")
+    out, got = adapter.run(SRC, TGT, [iv.patch_from(name, inter[name]) for name in names])
+    # exact on CPU; 1e-6 leaves room for a compiler that fuses the patched program differently
+    assert normalised(out, logits) < 1e-6
+    assert all(normalised(got[name], inter[name]) < 1e-6 for name in inter)
 
 
 def test_replacing_every_site_with_the_corrupted_run_reproduces_its_logits(adapter, clean,
