@@ -390,3 +390,15 @@ def test_the_parity_section_runs_clean():
     assert {"patched/logits", "patched/encoder/layer_0/self_attn/weights"} <= names
     assert {c.pair for c in checks} == {"torch~jax", "hf~jax"}
     assert all(c.ok for c in checks), [c for c in checks if not c.ok][:3]
+
+
+def test_jax_sweeps_in_padded_chunks_give_the_same_numbers(monkeypatch, reference):
+    pytest.importorskip("jax")
+    import jax_model.adapter
+
+    monkeypatch.setattr(jax_model.adapter, "SWEEP_CHUNK", 3)  # 4 lists: a full chunk, a padded one
+    metric = iv.target_logprob(LABELS, CONFIG.tgt_vocab_size, CONFIG.pad_id)
+    sweep = [[iv.zero_ablate("encoder/layer_1/self_attn/context", heads=[h])] for h in range(4)]
+    sweep.insert(2, [])
+    got = make("jax").metric_under(SRC, TGT, metric, sweep)
+    assert normalised(got, reference.metric_under(SRC, TGT, metric, sweep)) < TOL
