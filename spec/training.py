@@ -56,6 +56,16 @@ class TrainConfig:
             raise ValueError(f"train config field {field}={getattr(self, field)!r} is invalid: "
                              f"expected {expected}")
 
+        for name in ("learning_rate", "adam_b1", "adam_b2", "adam_eps", "label_smoothing",
+                     "clip_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(name, "a number")
+            if not math.isfinite(value):
+                fail(name, "a finite number")
+        for name in INT_FIELDS:
+            if isinstance(getattr(self, name), bool):
+                fail(name, "an integer, not a boolean")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"one of {SCHEDULES}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -89,11 +99,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown train config field(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+INT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "int")
 
 
 def learning_rate(step, train: TrainConfig, d_model: int, xp: Any = math):
