@@ -279,6 +279,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def flag_error(error: ValueError) -> str:
     """A config's ValueError as one line that names the flag(s) behind the field(s) it names."""
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if message.startswith("argument "):  # already names its flag
+        return message
     flags = []
     for field, flag in FIELD_FLAGS.items():
         if re.search(rf"\b{field}\b", message) and flag not in flags:
