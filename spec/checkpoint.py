@@ -104,8 +104,9 @@ def save_checkpoint(folder: str | os.PathLike, flat: Mapping[str, object],
     check_params(flat, config)
     folder = Path(folder)
     _check_target(folder)
-    arrays = {name: np.ascontiguousarray(_to_numpy(flat[name]), dtype=np.float32)
-              for name in param_shapes(config)}
+    with np.errstate(over="ignore"):  # a float64 value past float32's range: reported below
+        arrays = {name: np.ascontiguousarray(_to_numpy(flat[name]), dtype=np.float32)
+                  for name in param_shapes(config)}
     check_finite_params(arrays, f"the checkpoint for {folder}")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
