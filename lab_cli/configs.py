@@ -105,6 +105,11 @@ def preflight(args: argparse.Namespace, setup: RunSetup) -> None:
                 raise ValueError(f"argument --output_dir: {str(folder)!r} already holds a run "
                                  f"({', '.join(previous)}), which a new run would overwrite: "
                                  f"pass --resume to continue it, or choose a new folder")
+    for text in args.translate or []:
+        length = setup.task.encode_sources([text]).shape[1]
+        if length > setup.model.max_len:
+            raise ValueError(f"argument --translate: {text[:40]!r} is {length} tokens with eos, "
+                             f"over the model's max_len={setup.model.max_len} (raise --max_len)")
     if "jax" in args.versions and setup.train.mixed_precision == "fp16":
         raise ValueError("mixed_precision='fp16' is not supported by the JAX trainer (it needs "
                          "loss scaling): use --mixed_precision bf16")

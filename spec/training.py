@@ -28,6 +28,8 @@ class TrainConfig:
     peak and the last steps' noise would decide the result.
     Steps count optimizer updates (after gradient accumulation), starting at 1.
     `clip_norm=0` disables gradient clipping.  `track_internals_every=0` disables capture.
+    `checkpoint_every=0` disables periodic checkpoints; `keep_checkpoints` >= 1 (0 kept none
+    in one trainer, all in another).  Float fields must be finite.
     """
 
     learning_rate: float = 1.0
@@ -72,11 +74,11 @@ class TrainConfig:
             fail("mixed_precision", f"one of {MIXED_PRECISION}")
         if not self.learning_rate > 0:
             fail("learning_rate", "a positive number")
-        for name in ("batch_size", "grad_accum_steps", "epochs"):
+        for name in ("batch_size", "grad_accum_steps", "epochs", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(name, "an integer >= 1")
         for name in ("warmup_steps", "cooldown_steps", "max_steps", "log_every", "eval_every",
-                     "checkpoint_every", "keep_checkpoints", "track_internals_every", "seed"):
+                     "checkpoint_every", "track_internals_every", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail(name, "an integer >= 0")
         if self.cooldown_steps > 0 and not 0 < self.cooldown_steps <= self.max_steps:

@@ -102,6 +102,8 @@ SPEC = [
     ("train-warmup-bool", lambda: TrainConfig(warmup_steps=True), r"warmup_steps=True"),
     ("train-cooldown-without-max-steps", lambda: TrainConfig(cooldown_steps=5),
      r"cooldown_steps=5 .*max_steps=0"),
+    ("train-keep-no-checkpoint", lambda: TrainConfig(keep_checkpoints=0),
+     r"keep_checkpoints=0 .*>= 1"),
     ("train-schedule-unknown", lambda: TrainConfig(schedule="cosine"), r"schedule='cosine'"),
     ("train-fp8", lambda: TrainConfig(mixed_precision="fp8"), r"mixed_precision='fp8'"),
     ("train-from-list", lambda: TrainConfig.from_dict([1]), r"train config must be a JSON obj"),
@@ -149,6 +151,7 @@ def _weights(config=TINY, **set_values):
 
 def _prepare(tmp: Path) -> Path:
     """A user's folder with a file of theirs, a good checkpoint, a file path, broken ones."""
+    tmp.mkdir(exist_ok=True)
     (tmp / "mine").mkdir()
     (tmp / "mine" / "notes.txt").write_text("my notes\n")
     spec.save_checkpoint(tmp / "good", _weights(), TINY)
@@ -329,6 +332,7 @@ def _prepare_cli(tmp: Path) -> Path:
     (tmp / "pairs").write_text("a\tb\n")
     (tmp / "oldrun" / "final").mkdir(parents=True)
     (tmp / "partial.json").write_text(json.dumps({"d_model": 32, "num_heads": 4}))
+    _prepare(tmp / "ckpts")
     return tmp
 
 
@@ -376,6 +380,8 @@ MAIN_CLI = [
     ("src-lang-unknown", ["--src_lang", "xx"], r"--src_lang: language='xx'"),
     ("schedule-unknown", ["--schedule", "linear"], r"--schedule: invalid choice: 'linear'"),
     ("versions-without-both", ["--versions", "pytorch"], r"--versions: only used with"),
+    ("translate-too-long", ["--translate", "x" * 40],
+     r"--translate: 'x+' is 41 tokens with eos, over the model's max_len=12"),
     ("fp16-with-jax", ["--mixed_precision", "fp16"], r"--mixed_precision: .*fp16"),
 ]
 
@@ -418,6 +424,11 @@ PARITY_CLI = [
     ("checkpoint-missing", ["--checkpoint", "{tmp}/none"], r"--checkpoint: '.*none' does not"),
     ("checkpoint-not-ours", ["--checkpoint", "{tmp}/adir"],
      r"--checkpoint: checkpoint .*adir is incomplete: config.json is missing"),
+    ("checkpoint-nan-weights", ["--checkpoint", "{tmp}/ckpts/nan"],
+     r"--checkpoint: checkpoint .*nan/model.safetensors holds non-finite weights: "
+     r"decoder/layer_1/ffn/w2/bias"),
+    ("checkpoint-config-missing-field", ["--checkpoint", "{tmp}/ckpts/partial"],
+     r"--checkpoint: .*config.json: config is missing field\(s\) \['d_ff'\]"),
     ("preset-unknown", ["--preset", "huge"], r"--preset: invalid choice: 'huge'"),
     ("batch-zero", ["--batch", "0"], r"--batch: 0 is invalid: expected an integer >= 2"),
     ("seed-negative", ["--seed", "-1"], r"--seed: -1 is invalid"),
@@ -508,3 +519,18 @@ def test_the_analysis_report_tolerates_a_diverged_model(tmp_path):
     assert None in ratios  # non-finite -> null, and the report is still written
     assert all(r is None or (math.isfinite(r) and r >= 0) for r in ratios)
     assert json.loads((tmp_path / "report.json").read_text())["schema_version"] == 1
+
+
+def test_the_figures_tolerate_a_diverged_model_and_non_finite_metrics(tmp_path):
+    torch_model = pytest.importorskip("torch_model")
+    from analysis import TransformerAnalyzer
+    from analysis.outputs import write_outputs
+
+    flat = {k: v * (3e4 if v.ndim == 2 else 1.0) for k, v in spec.random_params(TINY, 0).items()}
+    analyzer = TransformerAnalyzer(torch_model.Transformer(TINY).load_canonical(flat))
+    metrics = [{"step": 1, "split": "train", "loss": 3.0},
+               {"step": 2, "split": "train", "loss": NAN},
+               {"step": 2, "split": "eval", "loss": INF, "exact_match": 0.0}]
+    written = write_outputs(analyzer, tmp_path, SRC, metrics=metrics)
+    for label in ("layer_contributions", "training_curves", "gradient_flow", "html"):
+        assert Path(written["files"][label]).stat().st_size > 0, label
