@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lab_cli.args import build_parser, flag_error, parse_args
 
@@ -22,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command `argv` (default: sys.argv[1:]); returns the exit status.
 
     Bad flag values exit with status 2 and one `main.py: error: ...` line, as argparse does.
+    A run stopped by a non-finite loss prints one `main.py: training stopped: ...` line and
+    returns 1, after writing its `summary.json`.
     """
     args = parse_args(argv)
     if args.version == "analysis":
@@ -41,9 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup = configs.setup(args)
     except ValueError as e:
         build_parser().error(flag_error(e))
+    try:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        build_parser().error(f"argument --output_dir: cannot create {args.output_dir!r}: "
+                             f"{e.strerror}")
     from lab_cli import app
+    from training import NonFiniteLossError
 
-    app.run_setup(args, setup)
+    try:
+        app.run_setup(args, setup)
+    except NonFiniteLossError as e:
+        print(f"main.py: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

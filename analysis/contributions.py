@@ -56,22 +56,25 @@ def layer_contributions(inter: dict, config: TransformerConfig,
     """{sublayer prefix: {"norm_ratio", "cosine", "output_norm", "residual_norm"}}.
 
     src_real / tgt_real (bool [b, s] / [b, t]) select the real tokens of each side.
+    A diverged model's intermediates can be inf or NaN; its statistics are then NaN (null in
+    the report), without warnings.
     """
     out = {}
     for prefix in sublayer_prefixes(config):
         if f"{prefix}/output" not in inter or f"{prefix}_norm/input" not in inter:
             continue
         tokens = src_real if prefix.startswith("encoder") else tgt_real
-        f = _rows(inter[f"{prefix}/output"], tokens)  # [n, d]
-        x = _rows(residual_input(inter, prefix, config), tokens)  # [n, d]
-        nf, nx = np.linalg.norm(f, axis=-1), np.linalg.norm(x, axis=-1)
-        tiny = np.finfo(np.float64).tiny
-        out[prefix] = {
-            "norm_ratio": float(np.mean(nf / np.maximum(nx, tiny))),
-            "cosine": float(np.mean((f * x).sum(-1) / np.maximum(nf * nx, tiny))),
-            "output_norm": float(nf.mean()),
-            "residual_norm": float(nx.mean()),
-        }
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            f = _rows(inter[f"{prefix}/output"], tokens)  # [n, d]
+            x = _rows(residual_input(inter, prefix, config), tokens)  # [n, d]
+            nf, nx = np.linalg.norm(f, axis=-1), np.linalg.norm(x, axis=-1)
+            tiny = np.finfo(np.float64).tiny
+            out[prefix] = {
+                "norm_ratio": float(np.mean(nf / np.maximum(nx, tiny))),
+                "cosine": float(np.mean((f * x).sum(-1) / np.maximum(nf * nx, tiny))),
+                "output_norm": float(nf.mean()),
+                "residual_norm": float(nx.mean()),
+            }
     return out
 
 

@@ -247,6 +247,14 @@ def qkv_evolution_figure(series: dict) -> Figure:
     return fig
 
 
+def _plottable(values: Sequence) -> np.ndarray:
+    """Report values -> floats; None (a non-finite statistic) and +-inf become NaN, which
+    matplotlib leaves out instead of failing on (a diverged model still gets its figure)."""
+    out = np.array([np.nan if v is None else v for v in values], dtype=float)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
 def layer_contributions_figure(sublayers: dict, direct: dict | None = None) -> Figure:
     """Per sublayer (execution order): ||f(x)|| / ||x|| and cos(f(x), x); and each decoder
     piece's direct effect on the logits (norm and attribution to the target token)."""
@@ -260,7 +268,7 @@ def layer_contributions_figure(sublayers: dict, direct: dict | None = None) -> F
     x = np.arange(len(names))
     for ax, key, label in ((axes[0], "norm_ratio", "||sublayer out|| / ||residual in||"),
                            (axes[1], "cosine", "cos(sublayer out, residual in)")):
-        ax.bar(x, [sublayers[n][key] for n in names], color=colors)
+        ax.bar(x, _plottable([sublayers[n][key] for n in names]), color=colors)
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=90, fontsize=7)
         ax.set_ylabel(label, fontsize=9)
@@ -275,16 +283,17 @@ def layer_contributions_figure(sublayers: dict, direct: dict | None = None) -> F
         pn = list(pieces)
         px = np.arange(len(pn))
         ax = axes[2]
-        ax.bar(px - 0.2, [pieces[n]["logit_norm"] for n in pn], width=0.4,
+        ax.bar(px - 0.2, _plottable([pieces[n]["logit_norm"] for n in pn]), width=0.4,
                label="norm of centred logit contribution", color="tab:purple")
-        ax.bar(px + 0.2, [pieces[n]["attribution"] for n in pn], width=0.4,
+        ax.bar(px + 0.2, _plottable([pieces[n]["attribution"] for n in pn]), width=0.4,
                label=f"attribution to the {direct['target']} token", color="tab:red")
         ax.set_xticks(px)
         ax.set_xticklabels(pn, rotation=90, fontsize=7)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_ylabel("logits", fontsize=9)
+        error = _plottable([direct["reconstruction_error"]])[0]
         ax.set_title(f"direct effect on the logits (frozen LayerNorm scales; reconstruction "
-                     f"error {direct['reconstruction_error']:.1e})", fontsize=10)
+                     f"error {error:.1e})", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     return fig

@@ -181,8 +181,10 @@ def beam_search(params: Params, config: TransformerConfig, src: object, beam_siz
     """
     beam_size = check_positive_int("beam_size", beam_size)
     src_np = check_decode_inputs(config, src, max_len)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
-        raise ValueError(f"alpha must be a real number (the length penalty), got {alpha!r}")
+    if (isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer))
+            or not np.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite real number (the length penalty; negative "
+                         f"favours short hypotheses, as in HF), got {alpha!r}")
     if not any(early_stopping is v or (isinstance(v, str) and early_stopping == v)
                for v in EARLY_STOPPING):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")

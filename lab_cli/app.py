@@ -1,5 +1,6 @@
 """The run behind `main.py`: set up, print the --debug trace, train each version, write the
-results, compare the versions.
+results, compare the versions.  A trainer stopped by a non-finite loss still leaves its
+`summary.json` (`artifacts.write_stopped_summary`) before the error reaches `main.py`.
 
 Folders: one version writes into `--output_dir` (default `results_<version>`); `both` / `all`
 write one subfolder per version (`results_both/jax`, `results_both/pytorch`, ...) and
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training import NonFiniteLossError
 
 from . import artifacts, configs, models, runners
 from .configs import RunSetup
@@ -72,7 +75,13 @@ def run_setup(args: argparse.Namespace, setup: RunSetup) -> dict[str, Any]:
     for version in args.versions:
         run_dir = root / version if several else root
         print(f"--- training {version} -> {run_dir} ---", flush=True)
-        result = runners.train(version, setup, initial, run_dir, args)
+        try:
+            result = runners.train(version, setup, initial, run_dir, args)
+        except NonFiniteLossError as e:
+            artifacts.write_stopped_summary(run_dir, version, setup, e)
+            print(f"{version}: stopped at step {e.step}; wrote {run_dir / 'summary.json'}",
+                  flush=True)
+            raise
         model = models.load(version, result.final_weights, setup.model)
         info = {"eval_metrics": result.eval_metrics, "steps": result.steps,
                 "seconds": result.seconds}
@@ -93,6 +102,8 @@ def format_run(version: str, summary: dict[str, Any]) -> str:
     m = summary["eval_metrics"]
     lines = [f"{version}: {summary['steps']} steps in {summary['seconds']:.1f} s; held-out "
              + ", ".join(f"{k} {v:.4g}" for k, v in m.items())]
+    if summary.get("warning"):
+        lines.append(f"  warning: {summary['warning']}")
     for row in summary["translations"][:4]:
         beam = next(v for k, v in row.items() if k.startswith("beam_"))
         ref = f"  (reference {row['reference']!r})" if "reference" in row else ""

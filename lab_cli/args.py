@@ -10,8 +10,11 @@ error, naming the flag instead of the config field.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 VERSIONS = ("jax", "pytorch", "huggingface", "both", "all", "analysis")
 FRAMEWORKS = ("jax", "pytorch", "huggingface")
@@ -63,6 +66,8 @@ def _float_in(low: float, high: float | None, low_open: bool = False, high_open:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected a finite number")
         ok = (value > low if low_open else value >= low) and (
             high is None or (value < high if high_open else value <= high))
         if not ok:
@@ -74,6 +79,37 @@ def _float_in(low: float, high: float | None, low_open: bool = False, high_open:
 
     parse.__name__ = "number"
     return parse
+
+
+def _data_file(text: str) -> str:
+    """An existing, readable file of pairs (a folder or a missing path is a mistake)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist: expected a TSV or JSONL "
+                                         f"file of pairs")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: expected a TSV or JSONL file "
+                                         f"of pairs")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} is not readable")
+    return text
+
+
+def output_dir_problem(text: str) -> str | None:
+    """Why `text` cannot become the results folder, or None; creates nothing."""
+    path = Path(text)
+    if path.exists():
+        if not path.is_dir():
+            return f"{text!r} is a file: expected a folder (new or existing)"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{text!r} is not writable"
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{text!r} cannot be created: {str(parent)!r} is a file"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{text!r} cannot be created: {str(parent)!r} is not writable"
+            return None
+    return None
 
 
 def _language(text: str) -> str:
@@ -135,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--task", choices=TASKS, default="numbers",
                       help="numbers: number words src_lang -> tgt_lang; copy/reverse/sort: "
                            "synthetic strings; corpus: pairs from --data")
-    data.add_argument("--data", default=None, help="TSV or JSONL file of pairs (--task corpus)")
-    data.add_argument("--eval_data", default=None,
+    data.add_argument("--data", type=_data_file, default=None,
+                      help="TSV or JSONL file of pairs (--task corpus)")
+    data.add_argument("--eval_data", type=_data_file, default=None,
                       help="held-out pairs for --task corpus (default: split off --data)")
     data.add_argument("--src_lang", type=_language, default="en", help="source language")
     data.add_argument("--tgt_lang", type=_languages, default=("de",),
@@ -233,12 +270,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.versions = ()
     if args.output_dir is None:
         args.output_dir = f"results_{args.version}"
+    problem = output_dir_problem(args.output_dir)
+    if problem:
+        parser.error(f"argument --output_dir: {problem}")
     return args
 
 
 def flag_error(error: ValueError) -> str:
     """A config's ValueError as one line that names the flag(s) behind the field(s) it names."""
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if message.startswith("argument "):  # already names its flag
+        return message
     flags = []
     for field, flag in FIELD_FLAGS.items():
         if re.search(rf"\b{field}\b", message) and flag not in flags:

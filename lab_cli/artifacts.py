@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from analysis import TransformerAnalyzer, TransformerVisualizer, plots
+from analysis.analyzer import json_safe
 from analysis.internals import load_captures
 from analysis.outputs import REPORT_FILE, write_outputs
 from training import read_metrics
@@ -107,11 +110,47 @@ def write_run_artifacts(run_dir: Path, model: LoadedModel, setup: RunSetup,
         analyzer.comprehensive_analysis(probe["src"], probe["tgt_in"],
                                         save_path=run_dir / REPORT_FILE)
         figures = []
+    warning = divergence_warning(run_dir, setup)
     summary = {
         "version": model.version, "model_config": setup.model.to_dict(),
         "train_config": setup.train.to_dict(), "task": task.summary(),
-        **train_info, "translations": translations,
+        **train_info, "diverged": warning is not None, "warning": warning,
+        "translations": translations,
         "files": sorted(str(p.relative_to(run_dir)) for p in figures),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def divergence_warning(run_dir: Path, setup: RunSetup) -> str | None:
+    """A message when the last training loss is not below a uniform guess's, ln(vocabulary):
+    the run diverged (typically a learning rate far too high) though every number stayed
+    finite; None otherwise."""
+    path = Path(run_dir) / "metrics.jsonl"
+    losses = [r["loss"] for r in read_metrics(path) if "loss" in r] if path.is_file() else []
+    if not losses:
+        return None
+    last, uniform = float(losses[-1]), math.log(setup.model.tgt_vocab_size)
+    if math.isfinite(last) and last < uniform:
+        return None
+    return (f"the run diverged: the last training loss {last:.4g} is not below {uniform:.4g}, "
+            f"the loss of a uniform guess over {setup.model.tgt_vocab_size} tokens; lower --lr "
+            f"(now {setup.train.learning_rate:g}) or lengthen --warmup_steps")
+
+
+def write_stopped_summary(run_dir: Path, version: str, setup: RunSetup, error: Exception
+                          ) -> dict[str, Any]:
+    """`summary.json` of a run its trainer stopped (a non-finite loss): the configs, the
+    message, and the metrics logged before it, so a diverged run still leaves its record."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    history = read_metrics(path, split=None) if path.is_file() else []
+    summary = {
+        "version": version, "model_config": setup.model.to_dict(),
+        "train_config": setup.train.to_dict(), "task": setup.task.summary(),
+        "diverged": True, "warning": str(error), "steps": getattr(error, "step", None),
+        "last_checkpoint": getattr(error, "last_checkpoint", None),
+        "last_metrics": history[-1] if history else None, "translations": [], "files": [],
     }
     _write_json(run_dir / "summary.json", summary)
     return summary
@@ -148,5 +187,9 @@ def translation_figure(run_dir: Path, model: LoadedModel, setup: RunSetup, sourc
 
 
 def _write_json(path: Path, doc: Any) -> None:
+    """Strict JSON (a non-finite number becomes null), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(doc), indent=1, ensure_ascii=False, allow_nan=False)
+                   + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -15,6 +15,8 @@ import spec
 import tasks
 from training import data as train_data
 
+# What a trainer leaves in a run folder: without --resume, a new run into it is refused.
+PREVIOUS_RUN = ("final", "checkpoints", "metrics.jsonl")
 # About this many `internals_step_<N>.npz` captures per run when --track_every is not given.
 TRACKED_CAPTURES = 8
 
@@ -39,10 +41,18 @@ def build_task(args: argparse.Namespace) -> tasks.Task:
     saved = tokenizer_folder(args)
     if args.resume and (saved / "tokenizer.json").is_file():
         tokenizer = tasks.TaskTokenizer.load(saved)
-    return tasks.build_task(
-        args.task, train_size=args.train_size, eval_size=args.eval_size, max_len=args.max_len,
-        seed=args.seed, src_lang=args.src_lang, tgt_langs=args.tgt_lang, path=args.data,
-        eval_path=args.eval_data, tokenizer=tokenizer, vocab_size=args.vocab_size)
+    try:
+        return tasks.build_task(
+            args.task, train_size=args.train_size, eval_size=args.eval_size,
+            max_len=args.max_len, seed=args.seed, src_lang=args.src_lang,
+            tgt_langs=args.tgt_lang, path=args.data, eval_path=args.eval_data,
+            tokenizer=tokenizer, vocab_size=args.vocab_size)
+    except (ValueError, FileNotFoundError) as e:
+        # An error about a data file names the flag that gave it (e.g. an unknown suffix).
+        for flag, path in (("--eval_data", args.eval_data), ("--data", args.data)):
+            if path and str(path) in str(e):
+                raise ValueError(f"argument {flag}: {e}") from None
+        raise
 
 
 def model_config(args: argparse.Namespace, task: tasks.Task) -> spec.TransformerConfig:
@@ -86,6 +96,20 @@ def setup(args: argparse.Namespace) -> RunSetup:
 
 def preflight(args: argparse.Namespace, setup: RunSetup) -> None:
     """Flag combinations a trainer would only reject after starting: ValueError naming them."""
+    if not args.resume:
+        root = Path(args.output_dir)
+        folders = [root / v for v in args.versions] if len(args.versions) > 1 else [root]
+        for folder in folders:
+            previous = [name for name in PREVIOUS_RUN if (folder / name).exists()]
+            if previous:
+                raise ValueError(f"argument --output_dir: {str(folder)!r} already holds a run "
+                                 f"({', '.join(previous)}), which a new run would overwrite: "
+                                 f"pass --resume to continue it, or choose a new folder")
+    for text in args.translate or []:
+        length = setup.task.encode_sources([text]).shape[1]
+        if length > setup.model.max_len:
+            raise ValueError(f"argument --translate: {text[:40]!r} is {length} tokens with eos, "
+                             f"over the model's max_len={setup.model.max_len} (raise --max_len)")
     if "jax" in args.versions and setup.train.mixed_precision == "fp16":
         raise ValueError("mixed_precision='fp16' is not supported by the JAX trainer (it needs "
                          "loss scaling): use --mixed_precision bf16")

@@ -5,7 +5,8 @@ differ, float32 with full-precision matmuls forced on every backend.  Compared, 
 model as the reference: every canonical intermediate and the logits, the loss and its gradient
 for every parameter, greedy and beam decoding tokens, cached against full decoding, and ten Adam
 steps; against HF's own MarianMT on the same tiny model made Marian-compatible.  Prints one
-table, writes a JSON report with `--json`, exits 1 on any mismatch or any name on one side only.
+table, writes a JSON report with `--json`, exits 1 on any mismatch or any name on one side only,
+and 2 (argparse's one `error:` line) for a usage error.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from spec import (  # noqa: E402
+    PRESETS,
     TransformerConfig,
     intermediate_shapes,
     load_checkpoint,
@@ -54,17 +56,22 @@ def force_full_precision() -> None:
     torch.set_float32_matmul_precision("highest")
 
 
-def load_model(args: argparse.Namespace) -> tuple[TransformerConfig, dict]:
-    """The config and canonical weights to check: a checkpoint, a config file or a preset."""
+def load_model(args: argparse.Namespace) -> tuple[TransformerConfig, dict | None]:
+    """The config and, for a checkpoint, its canonical weights (None: random from --seed).
+
+    A `--config` file must name every field (`TransformerConfig.from_dict(complete=True)`): a
+    partial one would silently check the base model's defaults for the rest."""
     if args.checkpoint:
         return load_checkpoint(args.checkpoint)[::-1]
     if args.config:
-        config = TransformerConfig.from_json(args.config)
-    else:
-        config = TransformerConfig.preset(args.preset)
+        return TransformerConfig.from_json(args.config, complete=True), None
+    return TransformerConfig.preset(args.preset), None
+
+
+def random_weights(config: TransformerConfig, seed: int) -> dict:
     import jax_model
 
-    return config, jax_model.to_canonical(jax_model.init(config, args.seed))
+    return jax_model.to_canonical(jax_model.init(config, seed))
 
 
 def forward_and_gradients(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
@@ -180,35 +187,120 @@ SECTIONS: dict[str, Callable[[TransformerConfig, dict, dict], list[Check]]] = {
 DEFAULT_RUN = {"interventions": interventions.quick}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__.split("\n")[0])
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is invalid: expected an integer >= {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _config_file(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist: expected a config.json file")
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: expected a config.json file "
+                                         f"(a checkpoint folder goes to --checkpoint)")
+    return text
+
+
+def _checkpoint_folder(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist: expected a checkpoint "
+                                         f"folder (config.json + model.safetensors)")
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file: expected a checkpoint folder "
+                                         f"(config.json + model.safetensors)")
+    return text
+
+
+def _json_path(text: str) -> str:
+    """A file path whose folder exists and is writable, checked before the run, not after."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: expected a file path")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{text!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: the folder {folder!r} is not writable")
+    return text
+
+
+# Words in a spec/batch error -> the flag behind them.
+_FLAG_OF = {"src_len": "--src-len", "tgt_len": "--tgt-len", "batch": "--batch"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__.split("\n")[0],
+                                epilog="Exit status: 0 all checks agree, 1 a check failed, "
+                                       "2 a usage error.")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="tiny", help="config preset (default: tiny)")
-    source.add_argument("--config", help="a config.json to check (random weights from --seed)")
-    source.add_argument("--checkpoint", help="a checkpoint folder (config.json + safetensors)")
-    p.add_argument("--seed", type=int, default=0, help="weights and batch seed (default 0)")
-    p.add_argument("--batch", type=int, default=3, help="batch size (default 3)")
-    p.add_argument("--src-len", type=int, default=7, help="source length (default 7)")
-    p.add_argument("--tgt-len", type=int, default=5, help="target length (default 5)")
+    source.add_argument("--preset", default="tiny", choices=list(PRESETS),
+                        help="config preset (default: tiny)")
+    source.add_argument("--config", type=_config_file,
+                        help="a complete config.json to check (every field; random weights "
+                             "from --seed)")
+    source.add_argument("--checkpoint", type=_checkpoint_folder,
+                        help="a checkpoint folder (config.json + safetensors)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0,
+                   help="weights and batch seed (default 0)")
+    p.add_argument("--batch", type=_int_at_least(2), default=3, help="batch size (default 3)")
+    p.add_argument("--src-len", type=_int_at_least(2), default=7,
+                   help="source length (default 7)")
+    p.add_argument("--tgt-len", type=_int_at_least(2), default=5,
+                   help="target length (default 5)")
     p.add_argument("--section", action="append", choices=list(SECTIONS),
                    help="run only this group of checks (repeatable; default: all)")
     p.add_argument("--only", metavar="PATTERN",
                    help="report only checks whose name matches this glob (e.g. '*cross_attn*')")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--json", metavar="PATH", type=_json_path,
+                   help="also write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print failing rows only")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def usage_error(args: argparse.Namespace, error: Exception) -> str:
+    """A load or batch error as argparse's `argument --flag: ...`, naming the flag behind it."""
+    message = str(error).splitlines()[0]
+    flags = [flag for word, flag in _FLAG_OF.items() if f"{word}=" in message]
+    if not flags:
+        flags = ["--checkpoint" if args.checkpoint else "--config" if args.config
+                 else "--preset"]
+    return f"argument {'/'.join(flags)}: {message}"
+
+
+def usage_exit(parser: argparse.ArgumentParser, message: str) -> int:
+    """What `parser.error` prints (usage, then one `error:` line), returning 2 instead of
+    exiting, so `main(argv)` can be called in-process."""
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Exit status 0 when every check agrees, 1 when one fails, 2 for a usage error (argparse's
+    one `error:` line), checked before the frameworks load where it can be."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     start = time.perf_counter()
-    force_full_precision()
     try:
         config, flat = load_model(args)
         batch = make_batch(config, args.seed, args.batch, args.src_len, args.tgt_len)
     except (ValueError, FileNotFoundError) as e:
-        print(f"parity.check: {e}", file=sys.stderr)
-        return 2
+        return usage_exit(parser, usage_error(args, e))
+    force_full_precision()
+    if flat is None:
+        flat = random_weights(config, args.seed)
     checks: list[Check] = []
     for name in args.section or list(SECTIONS):
         run = SECTIONS[name] if args.section else DEFAULT_RUN.get(name, SECTIONS[name])
@@ -217,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = [c for c in checks if fnmatch.fnmatchcase(c.name, args.only)
                   or fnmatch.fnmatchcase(c.name, f"*{args.only}*")]
         if not checks:
-            print(f"parity.check: --only {args.only!r} matched no check", file=sys.stderr)
-            return 2
+            return usage_exit(parser, f"argument --only: {args.only!r} matched no check")
     print(format_table(checks, verbose=not args.quiet))
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.json:

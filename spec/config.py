@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Literal
 
@@ -91,10 +92,19 @@ class TransformerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
+    def from_dict(cls, data: dict[str, Any], complete: bool = False) -> TransformerConfig:
+        """The config of `data`'s fields; the others keep their defaults unless `complete`.
+
+        `complete=True` (a checkpoint's config.json, `parity.check --config`) requires every
+        field: a missing one would otherwise silently become the base model's default.
+        """
         if not isinstance(data, dict):
             raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
         _check_known(data)
+        missing = [name for name in _FIELDS if name not in data]
+        if complete and missing:
+            raise ValueError(f"config is missing field(s) {missing}: a complete config names "
+                             f"every field (write one with TransformerConfig.to_json)")
         return cls(**data)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -106,19 +116,25 @@ class TransformerConfig:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike) -> TransformerConfig:
-        """Read a config from JSON text or from a file holding it."""
+    def from_json(cls, text_or_path: str | os.PathLike, complete: bool = False
+                  ) -> TransformerConfig:
+        """Read a config from JSON text or from a file holding it (`complete`: see from_dict)."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
             if not os.path.exists(text):
                 raise FileNotFoundError(f"config file not found: {text}")
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
+            if os.path.isdir(text):
+                raise ValueError(f"config file {text} is a folder: expected a JSON file")
+            try:
+                with open(text, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"config file {text_or_path} is unreadable: {e}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"config is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(data, complete=complete)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TransformerConfig)}
@@ -155,11 +171,16 @@ def _validate(c: TransformerConfig) -> None:
         v = getattr(c, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             fail(name, "a number")
+        if not math.isfinite(v):
+            fail(name, "a finite number")
     for name in ("dropout_rate", "attention_dropout_rate"):
         if not 0.0 <= getattr(c, name) < 1.0:
             fail(name, "a probability in [0, 1)")
     if not c.layer_norm_eps > 0:
         fail("layer_norm_eps", "a positive number")
+    if c.eos_id == c.pad_id:
+        raise ValueError(f"config fields eos_id={c.eos_id} and pad_id={c.pad_id} collide: the "
+                         f"source's eos would be masked as padding (bos_id == pad_id is legal)")
     if c.d_model % c.num_heads:
         raise ValueError(f"config field d_model={c.d_model} is not divisible by "
                          f"num_heads={c.num_heads}: each head needs d_model / num_heads features")

@@ -20,7 +20,11 @@ def to_numpy(x: object) -> np.ndarray:
 
 def check_token_array(name: str, x: object, vocab_size: int, max_len: int) -> np.ndarray:
     """Check one `[b, len]` integer id array; return it as numpy."""
-    arr = to_numpy(x)
+    try:
+        arr = to_numpy(x)
+    except (ValueError, TypeError) as e:  # ragged nested lists, unconvertible objects
+        raise ValueError(f"{name} must be a 2-D [batch, length] array of token ids, got "
+                         f"{type(x).__name__} that numpy cannot read as one ({e})") from None
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D [batch, length] array of token ids, "
                          f"got shape {arr.shape}")

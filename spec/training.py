@@ -28,6 +28,8 @@ class TrainConfig:
     peak and the last steps' noise would decide the result.
     Steps count optimizer updates (after gradient accumulation), starting at 1.
     `clip_norm=0` disables gradient clipping.  `track_internals_every=0` disables capture.
+    `checkpoint_every=0` disables periodic checkpoints; `keep_checkpoints` >= 1 (0 kept none
+    in one trainer, all in another).  Float fields must be finite.
     """
 
     learning_rate: float = 1.0
@@ -56,17 +58,27 @@ class TrainConfig:
             raise ValueError(f"train config field {field}={getattr(self, field)!r} is invalid: "
                              f"expected {expected}")
 
+        for name in ("learning_rate", "adam_b1", "adam_b2", "adam_eps", "label_smoothing",
+                     "clip_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(name, "a number")
+            if not math.isfinite(value):
+                fail(name, "a finite number")
+        for name in INT_FIELDS:
+            if isinstance(getattr(self, name), bool):
+                fail(name, "an integer, not a boolean")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"one of {SCHEDULES}")
         if self.mixed_precision not in MIXED_PRECISION:
             fail("mixed_precision", f"one of {MIXED_PRECISION}")
         if not self.learning_rate > 0:
             fail("learning_rate", "a positive number")
-        for name in ("batch_size", "grad_accum_steps", "epochs"):
+        for name in ("batch_size", "grad_accum_steps", "epochs", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(name, "an integer >= 1")
         for name in ("warmup_steps", "cooldown_steps", "max_steps", "log_every", "eval_every",
-                     "checkpoint_every", "keep_checkpoints", "track_internals_every", "seed"):
+                     "checkpoint_every", "track_internals_every", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 fail(name, "an integer >= 0")
         if self.cooldown_steps > 0 and not 0 < self.cooldown_steps <= self.max_steps:
@@ -89,11 +101,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown train config field(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+INT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "int")
 
 
 def learning_rate(step, train: TrainConfig, d_model: int, xp: Any = math):

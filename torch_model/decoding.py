@@ -184,6 +184,10 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
     At max_len every running continuation counts as finished, so a row always has an answer.
     """
     src_np = _check(model, src, max_len, beam_size, early_stopping)
+    if (isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer))
+            or not np.isfinite(alpha)):
+        raise ValueError(f"alpha={alpha!r} is invalid: expected a finite real number (the "
+                         f"length penalty; negative favours short hypotheses, as in HF)")
     c = model.config
     device = model_device(model)
     recorder = _Steps(model, capture)
