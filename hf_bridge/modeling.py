@@ -34,7 +34,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 import torch_model
-from spec import TransformerConfig, check_token_array, sinusoidal_positions
+from spec import TransformerConfig, check_token_array
 
 from .config import TransformerLabConfig
 
@@ -118,10 +118,7 @@ class TransformerLabPreTrainedModel(PreTrainedModel):
         guards during loading) leaves them alone.
         """
         if isinstance(module, torch_model.Embed):
-            cfg = self.config
-            table = sinusoidal_positions(cfg.max_len, cfg.d_model, cfg.positional_layout)
-            with torch.no_grad():
-                module.positions.copy_(torch.from_numpy(table))
+            module.reset_positions()  # fixed tables only; learned positions are loaded params
         elif isinstance(module, torch_model.Transformer):
             module.reset_parameters()
 
