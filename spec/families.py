@@ -198,12 +198,15 @@ def positions_keys(config: TransformerConfig, family: str) -> list[str]:
 def check_positions(state: Mapping[str, np.ndarray], config: TransformerConfig, family: str
                     ) -> None:
     """A saved sinusoid table must be the spec's (HF may compute fairseq's in float32)."""
+    names = positions_keys(config, family)
+    if not names:
+        return
     table = position_table(config)
     if config.zero_pad_positions:
         table = table.copy()
         table[config.pad_id] = 0.0  # fairseq zeroes the padding row, which pads read
     tol = 0.0 if config.sinusoid_formula == "paper" else 1e-7 * table.shape[0] + 1e-6
-    for name in positions_keys(config, family):
+    for name in names:
         if name not in state:
             continue
         got = np.asarray(state[name], dtype=np.float32)
@@ -454,3 +457,26 @@ def from_state(hf_config: Mapping[str, Any], state: Mapping[str, np.ndarray],
         raise ValueError(f"converted weights do not fit the canonical shapes: {bad}, missing "
                          f"{sorted(set(expected) - set(flat))}")
     return flat, config
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any | None:
+    """The folder's `tokenizer.json` as a `tokenizers.Tokenizer` (no framework), else None."""
+    file = os.path.join(os.fspath(path), "tokenizer.json")
+    if not os.path.exists(file):
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(file)
+
+
+def load_hf_folder(path: str | os.PathLike, output_bias: bool | None = None,
+                   ignore_training_only: bool = True
+                   ) -> tuple[dict[str, np.ndarray], TransformerConfig, Any | None]:
+    """(flat, config, tokenizer or None) of a folder saved by an HF model's `save_pretrained`.
+
+    Training-only dropout the canonical model lacks is dropped with a warning by default: a
+    pretrained folder is opened to run and inspect it.
+    """
+    hf_config, state = read_hf_folder(path)
+    flat, config = from_state(hf_config, state, output_bias, ignore_training_only)
+    return flat, config, load_tokenizer(path)
