@@ -183,6 +183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--preset", default="tiny", help="config preset (default: tiny)")
     source.add_argument("--config", help="a config.json to check (random weights from --seed)")
     source.add_argument("--checkpoint", help="a checkpoint folder (config.json + safetensors)")
+    source.add_argument("--hf", metavar="PATH", help="a saved HF folder (Marian, FSMT, BART, "
+                        "mBART, M2M100, Pegasus) against HF's own class: parity/hf_folder.py")
     p.add_argument("--seed", type=int, default=0, help="weights and batch seed (default 0)")
     p.add_argument("--batch", type=int, default=3, help="batch size (default 3)")
     p.add_argument("--src-len", type=int, default=7, help="source length (default 7)")
@@ -200,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     force_full_precision()
+    if args.hf:
+        from .hf_folder import run_hf_folder
+        return run_hf_folder(args, start)
     try:
         config, flat = load_model(args)
         batch = make_batch(config, args.seed, args.batch, args.src_len, args.tgt_len)

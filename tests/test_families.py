@@ -20,21 +20,26 @@ transformers = pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import jax_model  # noqa: E402
 import torch_model  # noqa: E402
 from hf_bridge import TransformerLabForConditionalGeneration  # noqa: E402
 from hf_bridge.convert import family_compatible, from_hf, to_hf  # noqa: E402
-from hf_bridge.decoding import pad_after_eos  # noqa: E402
 from jax_model.train import loss_fn  # noqa: E402
+from parity.hf_folder import (  # noqa: E402
+    family_batch,
+    hf_generate,
+    hf_outputs,
+    layer_output_names,
+    without_pad_row,
+)
 from spec import (  # noqa: E402
     TransformerConfig,
+    attention_names,
     intermediate_shapes,
     position_table,
     sinusoidal_positions,
 )  # noqa: E402
-from spec.families import weight_map  # noqa: E402
 
 TOL = 1e-5  # normalised max|a - b| / max(1, max|ref|): float32 reassociation only
 MAX_NEW = 7
@@ -94,53 +99,6 @@ def build_hf(family: str, seed: int = 0, **changes):
     return model.eval()
 
 
-def padded_batch(config: TransformerConfig, seed: int):
-    """src [3, 7] ending with eos then right pads; tgt_in [3, 6] starting with the decoder start
-    token, right pads; labels = tgt_in shifted left with eos (pad under pads)."""
-    rng = np.random.default_rng(seed)
-    special = {config.pad_id, config.bos_id, config.eos_id}
-    lo = max(special) + 1 if max(special) < 8 else 0
-
-    def ids(vocab, shape):
-        out = rng.integers(lo, vocab, size=shape)
-        return np.where(np.isin(out, list(special)), 5, out)
-
-    src, body = ids(config.src_vocab_size, (3, 7)), ids(config.tgt_vocab_size, (3, 6))
-    tgt, labels = np.empty_like(body), np.empty_like(body)
-    for row, (s_len, t_len) in enumerate([(7, 6), (4, 3), (2, 5)]):
-        src[row, s_len - 1], src[row, s_len:] = config.eos_id, config.pad_id
-        tgt[row, 0], tgt[row, 1:t_len] = config.bos_id, body[row, :t_len - 1]
-        labels[row, :t_len - 1], labels[row, t_len - 1] = body[row, :t_len - 1], config.eos_id
-        tgt[row, t_len:] = labels[row, t_len:] = config.pad_id
-    return src, tgt, labels
-
-
-def hf_generate(model, config: TransformerConfig, src: np.ndarray, beams: int, alpha: float
-                ) -> np.ndarray:
-    """HF `generate` with the canonical decoding's settings (no logits processor) in the
-    contract's layout: start token dropped, pad after the first eos, [b, MAX_NEW]."""
-    src_t = torch.as_tensor(src)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=src_t, attention_mask=(src_t != config.pad_id).long(),
-            max_new_tokens=MAX_NEW, num_beams=beams, length_penalty=alpha, do_sample=False,
-            early_stopping=False, decoder_start_token_id=config.bos_id,
-            eos_token_id=config.eos_id, pad_token_id=config.pad_id, forced_bos_token_id=None,
-            forced_eos_token_id=None)
-    tokens = torch.full((src.shape[0], MAX_NEW), config.pad_id, dtype=torch.int64)
-    tokens[:, :out.shape[1] - 1] = out[:, 1:]
-    return pad_after_eos(tokens, config.eos_id, config.pad_id).numpy()
-
-
-def layer_output_names(config: TransformerConfig, side: str) -> list[str]:
-    """Canonical names of HF's `*_hidden_states[1:]` (each layer's output; the last after the
-    final norm in pre-LN families, as HF records it)."""
-    n = config.num_encoder_layers if side == "encoder" else config.num_decoder_layers
-    if config.norm_position == "post":
-        return [f"{side}/layer_{i}/ffn_norm/output" for i in range(n)]
-    return [f"{side}/layer_{i + 1}/self_attn_norm/input" for i in range(n - 1)] + [f"{side}/output"]
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_run(request, tmp_path_factory):
     family = request.param
@@ -150,20 +108,9 @@ def family_run(request, tmp_path_factory):
     jax_ckpt = jax_model.from_pretrained(folder)
     torch_ckpt = torch_model.from_pretrained(folder)
     config = jax_ckpt.config
-    src, tgt, labels = padded_batch(config, seed=3)
-    src_t, tgt_t = torch.as_tensor(src), torch.as_tensor(tgt)
-    out = native(input_ids=src_t, attention_mask=(src_t != config.pad_id).long(),
-                 decoder_input_ids=tgt_t, decoder_attention_mask=torch.ones_like(tgt_t),
-                 output_attentions=True, output_hidden_states=True, use_cache=False)
-    # HF's loss gradient: the contract's loss (label smoothing 0.1, pad labels ignored)
-    loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]),
-                           torch.as_tensor(labels).reshape(-1), ignore_index=config.pad_id,
-                           label_smoothing=0.1)
-    loss.backward()
-    hf_grads = {name: p.grad.detach().numpy().copy()  # every alias of a tied table
-                for name, p in native.named_parameters(remove_duplicate=False)
-                if p.grad is not None}
-    native.zero_grad()
+    data = family_batch(config, seed=3, batch=3, src_len=7, tgt_len=6)
+    src, tgt, labels = data["src"], data["tgt_in"], data["labels"]
+    hf_values, hf_loss, hf_grads = hf_outputs(native, config, data, family)
     _, torch_inter = torch_model.forward(torch_ckpt.model, src, tgt)
     batch = {k: jnp.asarray(v, jnp.int32) for k, v in
              (("src", src), ("tgt_in", tgt), ("labels", labels))}
@@ -173,7 +120,7 @@ def family_run(request, tmp_path_factory):
             jax_ckpt.params)
     jax_inter = {name: np.asarray(value) for name, value in aux["inter"].items()}
     return dict(family=family, native=native, folder=folder, jax=jax_ckpt, torch=torch_ckpt,
-                config=config, src=src, tgt=tgt, out=out, hf_loss=float(loss.detach()),
+                config=config, src=src, tgt=tgt, hf=hf_values, hf_loss=hf_loss,
                 hf_grads=hf_grads, jax_loss=float(jax_loss),
                 jax_grads=jax_model.to_canonical(grads), jax_inter=jax_inter,
                 torch_inter=torch_inter)
@@ -208,25 +155,21 @@ def test_both_loaders_and_from_hf_agree(family_run):
 
 
 def test_logits_and_hf_intermediates_match(family_run):
-    out, c = family_run["out"], family_run["config"]
+    """Logits, HF's hidden states (embedding output, each layer's output, the encoder output)
+    and attention weights, against the Flax reference and the torch mirror."""
+    hf, c = family_run["hf"], family_run["config"]
     ji, ti = family_run["jax_inter"], family_run["torch_inter"]
-    assert out.logits.std() > 0.3  # the logits depend on the weights
-    assert normalised(ji["logits"], out.logits.detach()) <= TOL
-    assert normalised(ti["logits"], out.logits.detach()) <= TOL
-    for side, hidden in (("encoder", out.encoder_hidden_states),
-                         ("decoder", out.decoder_hidden_states)):
-        names = [f"{side}/embed/output"] + layer_output_names(c, side)
-        assert len(hidden) == len(names)
-        for name, value in zip(names, hidden):
-            assert normalised(ji[name], value.detach()) <= TOL, name
-    assert normalised(ji["encoder/output"], out.encoder_last_hidden_state.detach()) <= TOL
-    for key, prefix in (("encoder_attentions", "encoder/layer_{}/self_attn"),
-                        ("decoder_attentions", "decoder/layer_{}/self_attn"),
-                        ("cross_attentions", "decoder/layer_{}/cross_attn")):
-        for i, value in enumerate(getattr(out, key)):
-            ours = ji[prefix.format(i) + "/weights"]
-            assert normalised(ours, value.detach()) <= TOL, (key, i)
-            assert ours.max() > 0.5  # far from uniform: a wrong kernel would show
+    assert hf["logits"].std() > 0.3  # the logits depend on the weights
+    expected = {"logits", "encoder/output"}
+    for side in ("encoder", "decoder"):
+        expected |= set(layer_output_names(c, side))
+    expected |= {n + "/weights" for n in attention_names(c)}
+    assert set(hf) == expected
+    for name, value in hf.items():
+        assert normalised(ji[name], value) <= TOL, name
+        assert normalised(ti[name], value) <= TOL, name
+        if name.endswith("/weights"):
+            assert value.max() > 2.0 / value.shape[-1]  # far from uniform: a wrong kernel shows
 
 
 def test_every_intermediate_jax_equals_torch(family_run):
@@ -246,26 +189,18 @@ def test_loss_gradients_match_hf(family_run):
     c, family = family_run["config"], family_run["family"]
     assert abs(family_run["jax_loss"] - family_run["hf_loss"]) <= TOL * max(1.0, family_run["hf_loss"])
     ours, theirs = family_run["jax_grads"], family_run["hf_grads"]
-    seen = set()
-    for hf_name, (canon, transpose) in weight_map(c, family).items():
-        if hf_name not in theirs or canon in seen:
-            continue  # a tied alias: its gradient is in the one tensor already compared
-        seen.add(canon)
-        ref = theirs[hf_name].T if transpose else theirs[hf_name]
-        got = ours[canon]
-        if canon.endswith("embedding/embedding"):
-            keep = np.arange(got.shape[0]) != c.pad_id
-            got, ref = got[keep], ref[keep]
-        assert normalised(got, ref) <= TOL, canon
-    expected = set(ours) - {"output/bias"}
-    assert seen == expected
-    assert max(np.abs(g).max() for g in ours.values()) > 1e-3
+    assert set(theirs) == set(ours) - {"output/bias"}
+    for name, ref in theirs.items():
+        assert normalised(without_pad_row(ours[name], name, c), ref) <= TOL, name
+    assert max(np.abs(g).max() for g in theirs.values()) > 1e-3
+    if family in LEARNED:  # the learned position tables are trained alike
+        assert np.abs(theirs["decoder/embed/positions"]).max() > 1e-3
 
 
 @pytest.mark.parametrize("beams,alpha", [(1, 1.0), (3, 0.8)])
 def test_decoding_matches_hf_generate(family_run, beams, alpha):
     c, src = family_run["config"], family_run["src"]
-    ref = hf_generate(family_run["native"], c, src, beams, alpha)
+    ref = hf_generate(family_run["native"], c, src, MAX_NEW, beams, alpha)
     params, model = family_run["jax"].params, family_run["torch"].model
     if beams == 1:
         got_jax = jax_model.greedy_decode(params, c, src, MAX_NEW)
@@ -295,7 +230,7 @@ def test_the_lab_hf_model_computes_the_family(family_run):
     src, tgt = (torch.as_tensor(family_run[k]) for k in ("src", "tgt"))
     with torch.no_grad():
         logits = lab(input_ids=src, decoder_input_ids=tgt).logits
-    assert normalised(logits, family_run["out"].logits.detach()) <= TOL
+    assert normalised(logits, family_run["hf"]["logits"]) <= TOL
 
 
 # -- refusals -------------------------------------------------------------------------------
@@ -395,3 +330,25 @@ def test_fairseq_table_is_hfs(d_model):
     assert ours[3, 0] == np.float32(np.sin(3.0))
     if d_model % 2:
         assert not ours[:, -1].any()
+
+
+def test_parity_check_hf_folder(tmp_path, capsys):
+    """`python -m parity.check --hf PATH` on a saved FSMT folder: every row agrees, and the
+    report holds the HF rows, the gradients and the tokens; a bad folder exits 2."""
+    from parity.check import main
+
+    build_hf("fsmt", seed=9).save_pretrained(tmp_path / "fsmt")
+    report = tmp_path / "report.json"
+    assert main(["--hf", str(tmp_path / "fsmt"), "--json", str(report), "--quiet"]) == 0
+    rows = json.loads(report.read_text())["checks"]
+    assert all(r["ok"] for r in rows)
+    pairs = {(r["name"], r["pair"]) for r in rows}
+    for row in [("logits", "hf~jax"), ("logits", "torch~jax"),
+                ("decoder/layer_1/cross_attn/weights", "hf~jax"),
+                ("encoder/layer_0/ffn/activation", "torch~jax"), ("loss", "hf~jax"),
+                ("grad/decoder/layer_0/self_attn/query/kernel", "hf~jax"),
+                ("grad/output/kernel", "hf~jax"), ("tokens/greedy", "jax~hf"),
+                ("tokens/beam_3", "torch~hf")]:
+        assert row in pairs, row
+    assert main(["--hf", str(tmp_path / "absent")]) == 2
+    assert "not found" in capsys.readouterr().err
