@@ -352,3 +352,46 @@ def test_parity_check_hf_folder(tmp_path, capsys):
         assert row in pairs, row
     assert main(["--hf", str(tmp_path / "absent")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def word_tokenizer(vocab_size: int, specials: dict[str, int]):
+    """A `tokenizers` word-level tokenizer over `w<i>` words with the family's special ids."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    vocab = {**{f"w{i}": i for i in range(vocab_size)}, **specials}
+    vocab = {token: i for token, i in vocab.items()
+             if token in specials or i not in specials.values()}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    return tok
+
+
+def test_main_analysis_opens_a_saved_folder_with_its_tokenizer(tmp_path, capsys):
+    """`python main.py --version analysis --checkpoint PATH --translate TEXT`: the folder's
+    tokenizer.json encodes the text, the model translates it greedily, and the analysis
+    (report, figures, trace, HTML) is written for what the pretrained model computes."""
+    import main
+
+    folder = tmp_path / "bart"
+    build_hf("bart", seed=4).save_pretrained(folder)
+    word_tokenizer(64, {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}).save(
+        str(folder / "tokenizer.json"))
+    ckpt = jax_model.from_pretrained(folder)
+    assert ckpt.tokenizer.encode("w7 w9").ids == [7, 9]
+    out = tmp_path / "analysis"
+    assert main.main(["--version", "analysis", "--checkpoint", str(folder), "--output_dir",
+                      str(out), "--translate", "w7 w9 w11", "--translate", "w5"]) == 0
+    report = json.loads((out / "analysis_report.json").read_text())
+    assert report["inputs"]["src"] == [[7, 9, 11, 2], [5, 2, 1, 1]]
+    assert report["inputs"]["tgt"][0][0] == ckpt.config.bos_id
+    assert (out / "report.html").exists() and (out / "debug_trace.txt").exists()
+    assert "analysis of" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main.main(["--version", "jax", "--checkpoint", str(folder)])
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    with pytest.raises(SystemExit):
+        main.main(["--version", "analysis", "--checkpoint", str(folder)])
+    assert "model_type='t5'" in capsys.readouterr().err
