@@ -368,6 +368,26 @@ def word_tokenizer(vocab_size: int, specials: dict[str, int]):
     return tok
 
 
+def test_analysis_probe_of_a_saved_folder(tmp_path):
+    """lab_cli.pretrained: a folder's tokenizer.json turns texts into eos-terminated, padded
+    source ids; without texts a fixed padded batch of ordinary ids is used."""
+    from lab_cli.pretrained import is_hf_folder, open_folder, probe_sources
+
+    build_hf("pegasus", seed=2).save_pretrained(tmp_path)
+    word_tokenizer(50, {"<pad>": 0, "</s>": 1, "<unk>": 2}).save(str(tmp_path / "tokenizer.json"))
+    assert is_hf_folder(tmp_path)
+    flat, config, tokenizer = open_folder(tmp_path)
+    assert config.pad_id == config.bos_id == 0 and "encoder/final_norm/scale" in flat
+    src = probe_sources(config, tokenizer, ["w7 w9 w11", "w5"])
+    np.testing.assert_array_equal(src, [[7, 9, 11, 1], [5, 1, 0, 0]])
+    fixed = probe_sources(config, None, None)
+    assert fixed.shape == (2, 12) and fixed[0, -1] == config.eos_id
+    assert not np.isin(fixed[0, :-1], [0, 1]).any() and (fixed[1, 6:] == config.pad_id).all()
+    with pytest.raises(FileNotFoundError):
+        open_folder(tmp_path / "absent")
+
+
+@pytest.mark.slow  # the whole analysis (figures, HTML) of a model: about 10 s on a quiet CPU
 def test_main_analysis_opens_a_saved_folder_with_its_tokenizer(tmp_path, capsys):
     """`python main.py --version analysis --checkpoint PATH --translate TEXT`: the folder's
     tokenizer.json encodes the text, the model translates it greedily, and the analysis
