@@ -415,3 +415,38 @@ def test_main_analysis_opens_a_saved_folder_with_its_tokenizer(tmp_path, capsys)
     with pytest.raises(SystemExit):
         main.main(["--version", "analysis", "--checkpoint", str(folder)])
     assert "model_type='t5'" in capsys.readouterr().err
+
+
+def test_positions_by_hand_in_both_frameworks():
+    """embed/output = tokens * sqrt(d) + table[j + offset], zero for pad tokens with
+    zero_pad_positions; the learned table is read at the same rows; embed_norm sits between."""
+    base = dict(max_len=10, pad_id=1, bos_id=2, eos_id=2, dropout_rate=0.0)
+    src = np.array([[5, 6, 7, 2, 1, 1]])
+    tgt = np.array([[2, 8, 9, 1]])
+    for extra in (dict(sinusoid_formula="fairseq", positional_layout="split", position_offset=2,
+                       zero_pad_positions=True),
+                  dict(positional_encoding="learned", position_offset=3, embedding_norm=True)):
+        config = TransformerConfig.preset("tiny", **base, **extra)
+        rng = np.random.default_rng(1)
+        flat = {k: (v + rng.normal(0, 0.1, v.shape)).astype(np.float32)  # off the init values
+                for k, v in jax_model.to_canonical(jax_model.init(config, 0)).items()}
+        if config.positional_encoding == "learned":
+            table = flat["encoder/embed/positions"]
+            assert table.shape == (config.max_len + 3, config.d_model)
+        else:
+            table = position_table(config)
+        _, ji = jax_model.forward(jax_model.from_canonical(flat, config), config, src, tgt)
+        _, ti = torch_model.forward(torch_model.Transformer(config).load_canonical(flat), src, tgt)
+        tokens = flat["shared_embedding/embedding"][src[0]] * np.sqrt(config.d_model)
+        rows = table[np.arange(src.shape[1]) + config.position_offset]
+        if config.zero_pad_positions:
+            rows = rows * (src[0] != config.pad_id)[:, None]
+        summed = tokens + rows
+        if config.embedding_norm:
+            np.testing.assert_allclose(ji["encoder/embed_norm/input"][0], summed, atol=1e-5)
+            mean = summed.mean(-1, keepdims=True)
+            var = ((summed - mean) ** 2).mean(-1, keepdims=True)
+            summed = ((summed - mean) / np.sqrt(var + config.layer_norm_eps)
+                      * flat["encoder/embed_norm/scale"] + flat["encoder/embed_norm/bias"])
+        for inter in (ji, ti):
+            np.testing.assert_allclose(inter["encoder/embed/output"][0], summed, atol=1e-5)
