@@ -320,13 +320,9 @@ def spec_config(hf_config: Mapping[str, Any], state: Mapping[str, np.ndarray],
                              "ignore_training_only=True to drop it: it only changes training)")
             warnings.warn(f"HF config field {field}={hc[field]!r} dropped: the canonical model "
                           f"has no such dropout (inference is unchanged)", stacklevel=3)
-    if fam.name == "fsmt":
-        for field in ("normalize_before", "add_final_layer_norm"):
-            if hc.get(field):
-                raise refuse(field, "FSMT as ported to transformers is post-LN without a final "
-                             "norm")
-    if fam.name in ("bart", "mbart", "m2m_100", "pegasus") and hc.get("normalize_before") is False:
-        raise refuse("normalize_before", f"{fam.model_class} ignores it")
+    # fairseq-era flags some config.json files still carry (`normalize_before`,
+    # `add_final_layer_norm`, `static_position_embeddings`, ...) are read by none of the
+    # modeling files: each family's layout is fixed by its class, as the table above says.
     pad = _single_id("pad_token_id", hc.get("pad_token_id"))
     eos = _single_id("eos_token_id", hc.get("eos_token_id"))
     start = hc.get("decoder_start_token_id")
@@ -369,7 +365,8 @@ def spec_config(hf_config: Mapping[str, Any], state: Mapping[str, np.ndarray],
 def hf_config_kwargs(config: TransformerConfig, family: str) -> dict[str, Any]:
     """Keyword arguments of the family's HF config class for `config` (eager attention, no
     forced tokens: the canonical decoding runs no logits processor)."""
-    fam = get_family(family_compatible(config, family) and family)
+    family_compatible(config, family)
+    fam = get_family(family)
     kw: dict[str, Any] = dict(
         d_model=config.d_model, encoder_layers=config.num_encoder_layers,
         decoder_layers=config.num_decoder_layers, encoder_attention_heads=config.num_heads,
@@ -435,8 +432,10 @@ def from_state(hf_config: Mapping[str, Any], state: Mapping[str, np.ndarray],
     config = spec_config(hf_config, state, output_bias, ignore_training_only)
     wmap = weight_map(config, fam.name)
     missing = sorted(set(wmap) - set(state))
+    # M2M100's table is a non-persistent buffer now; older saves hold it as `...weights`
+    stale = {f"model.{side}.embed_positions.weights" for side in SIDES}
     known = set(wmap) | set(positions_keys(config, fam.name)) | {BIAS_KEY, "model.shared.weight"}
-    unknown = sorted(set(state) - known)
+    unknown = sorted(set(state) - known - stale)
     if missing or unknown:
         raise ValueError(f"{fam.model_class} weights do not match the family table: missing "
                          f"{missing}, unexpected {unknown}")
