@@ -113,7 +113,7 @@ class TransformerLabPreTrainedModel(PreTrainedModel):
 
         `from_pretrained` builds the model on the meta device and only loads the saved
         parameters; the non-persistent position buffers come back empty, so they are refilled
-        here from `spec.sinusoidal_positions`.  Loaded parameters carry transformers'
+        here (`Embed.reset_positions`, from `spec.position_table`).  Loaded parameters carry transformers'
         `_is_hf_initialized` flag and `reset_parameters` (whose `nn.init` calls transformers
         guards during loading) leaves them alone.
         """
