@@ -4,6 +4,7 @@
     python main.py --version both --epochs 3 --debug --track_internals --visualize
     python main.py --version huggingface --batch_size 8 --gradient_accumulation_steps 4
     python main.py --version analysis                  # a one-minute demo of the analysis tools
+    python main.py --version analysis --checkpoint PATH   # inside a saved HF model (BART, ...)
     MPLBACKEND=Agg python main.py --visualize          # headless plotting
 
 `python main.py --help` lists every flag.  The work is done in `lab_cli` (see its modules);
@@ -27,12 +28,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     returns 1, after writing its `summary.json`.
     """
     args = parse_args(argv)
-    if args.version == "analysis":
+    if args.version == "analysis" and args.checkpoint:
+        from lab_cli import pretrained
+
+        try:
+            result = pretrained.analyse(args.checkpoint, args.output_dir, args.translate)
+        except (ValueError, FileNotFoundError) as e:
+            build_parser().error(f"argument --checkpoint: {e}")
+        print(f"analysis of {args.checkpoint} ({result['framework']} model) -> {args.output_dir}")
+    elif args.version == "analysis":
         from analysis import demo
 
         result = demo.run(args.output_dir, seed=args.seed)
         print(f"analysis demo ({result['framework']} model, {result['seconds']:.1f} s) -> "
               f"{args.output_dir}")
+    if args.version == "analysis":
         for label, path in result["files"].items():
             print(f"  {label}: {path}")
         for reason in result["skipped"]:

@@ -3,8 +3,9 @@
 Norms are L2 norms (Frobenius for matrices); a group's norm is the L2 norm of all its
 parameters' gradients together, sqrt(sum of squared norms), the same quantity global-norm
 clipping uses.  Groups, in the order the forward pass runs:
-  `embedding` (token tables), `{side}/layer_{i}` (every parameter of the layer, its norms
-  included), `{side}/final_norm` (pre-LN), `output` (untied kernel, bias).
+  `embedding` (token tables, learned positions, embed_norm), `{side}/layer_{i}` (every
+  parameter of the layer, its norms included), `{side}/final_norm` (pre-LN), `output` (untied
+  kernel, bias).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def parameter_norms(grads: dict) -> dict[str, float]:
 def layer_of(name: str) -> str:
     """The group a parameter belongs to (see the module docstring)."""
     parts = name.split("/")
-    if parts[-1] == "embedding":
-        return "embedding"
+    if parts[-1] == "embedding" or (len(parts) >= 2 and parts[1] in ("embed", "embed_norm")):
+        return "embedding"  # token tables, learned positions, the embedding LayerNorm
     if parts[0] == "output":
         return "output"
     if len(parts) >= 2 and (parts[1].startswith("layer_") or parts[1] == "final_norm"):

@@ -59,7 +59,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 import torch_model
-from spec import TransformerConfig, load_checkpoint, sinusoidal_positions
+from spec import TransformerConfig, load_checkpoint
 from torch_model.model import init_module
 
 from .config import TransformerLabConfig
@@ -221,15 +221,12 @@ class TransformerLabPreTrainedModel(PreTrainedModel):
         transformers calls this per module for whatever a checkpoint did not hold (and for
         everything after `__init__`); loaded parameters carry its `_is_hf_initialized` flag and
         the `nn.init` calls leave them alone.  The non-persistent position buffers are not
-        saved, so they are refilled here from `spec.sinusoidal_positions`.
+        saved, so they are refilled here (`Embed.reset_positions`, from `spec.position_table`).
         """
         cfg = self.config
         if isinstance(module, torch_model.Embed):
-            table = sinusoidal_positions(cfg.max_len, cfg.d_model, cfg.positional_layout)
-            with torch.no_grad():
-                module.positions.copy_(torch.from_numpy(table))
-        else:
-            init_module(module, cfg.d_model)
+            module.reset_positions()  # a fixed table; a learned one is initialised below
+        init_module(module, cfg.d_model)
 
     def get_correct_attn_implementation(self, requested_attention: str | None,
                                         is_init_check: bool = False) -> str:

@@ -9,6 +9,8 @@ from .beam_search import beam_search
 from .capture import flatten_intermediates, patch_functions
 from .decoding import greedy_decode
 from .model import Transformer
+from .pretrained import from_pretrained
 
 __all__ = ["Transformer", "apply", "beam_search", "flatten_intermediates", "forward",
-           "from_canonical", "greedy_decode", "init", "patch_functions", "to_canonical"]
+           "from_canonical", "from_pretrained", "greedy_decode", "init", "patch_functions",
+           "to_canonical"]

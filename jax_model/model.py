@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from spec import TransformerConfig, sinusoidal_positions
+from spec import TransformerConfig, position_table
 
 from .attention import (
     attention_scores,
@@ -48,9 +48,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 @functools.lru_cache(maxsize=16)
-def position_table(max_len: int, d_model: int, layout: str) -> np.ndarray:
-    """The spec's `[max_len, m]` sinusoid table, computed once per shape (a constant, not a param)."""
-    return sinusoidal_positions(max_len, d_model, layout)
+def fixed_positions(config: TransformerConfig) -> np.ndarray:
+    """The spec's `[max_len + offset, m]` sinusoid table, computed once per config (a constant)."""
+    return position_table(config)
 
 
 def dense(features: int, name: str) -> nn.Dense:
@@ -79,31 +79,44 @@ class TokenTable(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token vectors -> scaled by sqrt(m) -> + positions -> dropout; sows `tokens`, `output`.
+    """Token vectors -> scaled by sqrt(m) -> + positions -> [embed_norm] -> dropout; sows
+    `tokens`, `output`.
 
-    With `decode=True` the position is the cache index (one position per call)."""
+    Token j reads position row j + `position_offset` of the fixed sinusoid table or of the
+    learned param `positions [max_len + offset, m]`; with `zero_pad_positions` a pad token gets
+    a zero position vector.  `norm` is the stack's `embed_norm` LayerNorm (`embedding_norm`),
+    owned by the stack so that its canonical name is `{side}/embed_norm`.  With `decode=True`
+    the position is the cache index (one position per call)."""
 
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, vectors: jax.Array, deterministic: bool = True,
-                 decode: bool = False) -> jax.Array:
+    def __call__(self, vectors: jax.Array, ids: jax.Array, deterministic: bool = True,
+                 decode: bool = False, norm: LayerNorm | None = None) -> jax.Array:
         cfg = self.config
         if cfg.scale_embeddings:
             vectors = vectors * math.sqrt(cfg.d_model)
         vectors = tap(self, "tokens", vectors)
-        # in the vectors' dtype, so a bfloat16 params tree computes in bfloat16 throughout
-        table = jnp.asarray(position_table(cfg.max_len, cfg.d_model, cfg.positional_layout),
-                            dtype=vectors.dtype)
-        positions = table[None, : vectors.shape[1]]  # [1, l, m]
+        if cfg.positional_encoding == "learned":
+            table = self.param("positions", nn.initializers.normal(stddev=0.02),
+                               (cfg.max_len + cfg.position_offset, cfg.d_model))
+            table = table.astype(vectors.dtype)
+        else:  # in the vectors' dtype, so a bfloat16 params tree computes in bfloat16 throughout
+            table = jnp.asarray(fixed_positions(cfg), dtype=vectors.dtype)
+        start = cfg.position_offset
+        positions = table[None, start: start + vectors.shape[1]]  # [1, l, m]
         if decode:
             initialized = self.has_variable("cache", "cache_index")
             index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
             if initialized:
-                positions = lax.dynamic_slice_in_dim(table, index.value, 1)[None]  # [1, 1, m]
+                positions = lax.dynamic_slice_in_dim(table, start + index.value, 1)[None]  # [1, 1, m]
                 index.value = index.value + 1
-        x = nn.Dropout(cfg.dropout_rate, name="dropout")(vectors + positions,
-                                                         deterministic=deterministic)
+        if cfg.zero_pad_positions:
+            positions = positions * (ids != cfg.pad_id)[..., None].astype(vectors.dtype)  # [b, l, m]
+        x = vectors + positions
+        if norm is not None:
+            x = norm(x)
+        x = nn.Dropout(cfg.dropout_rate, name="dropout")(x, deterministic=deterministic)
         return tap(self, "output", x)
 
 
@@ -218,6 +231,11 @@ def residual(config: TransformerConfig, name: str, sublayer: Callable[[jax.Array
     return norm(x + drop(sublayer(x), deterministic=deterministic))
 
 
+def embed_norm(config: TransformerConfig) -> LayerNorm | None:
+    """The stack's `embed_norm` (created in the calling stack module) when `embedding_norm`."""
+    return LayerNorm(config, name="embed_norm") if config.embedding_norm else None
+
+
 class EncoderLayer(nn.Module):
     """self_attn (keys masked at padding) then ffn, each a residual sublayer."""
 
@@ -260,7 +278,8 @@ class Encoder(nn.Module):
         cfg = self.config
         table = self.shared if self.shared is not None else TokenTable(cfg, "encoder",
                                                                         name="embedding")
-        x = Embed(cfg, name="embed")(table(src), deterministic=deterministic)
+        x = Embed(cfg, name="embed")(table(src), src, deterministic=deterministic,
+                                     norm=embed_norm(cfg))
         mask = padding_mask(src, cfg.pad_id)  # [b, 1, 1, s]
         for i in range(cfg.num_encoder_layers):
             x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
@@ -301,7 +320,8 @@ class Decoder(nn.Module):
         cfg = self.config
         table = self.shared if self.shared is not None else TokenTable(cfg, "decoder",
                                                                         name="embedding")
-        x = Embed(cfg, name="embed")(table(tgt), deterministic=deterministic, decode=decode)
+        x = Embed(cfg, name="embed")(table(tgt), tgt, deterministic=deterministic, decode=decode,
+                                     norm=embed_norm(cfg))
         self_mask = causal_mask(tgt.shape[1])        # [1, 1, t, t]
         cross_mask = padding_mask(src, cfg.pad_id)   # [b, 1, 1, s]
         for i in range(cfg.num_decoder_layers):

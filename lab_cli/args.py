@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     inside.add_argument("--wandb", action="store_true",
                         help="log to Weights & Biases (offline unless you are logged in)")
     inside.add_argument("--wandb_project", default="transformer-lab")
+    inside.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="--version analysis: analyse this saved model (a save_pretrained "
+                             "folder of Marian, FSMT, BART, mBART, M2M100 or Pegasus, or a "
+                             "checkpoint folder) instead of training the demo")
     return p
 
 
@@ -254,6 +258,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("argument --data: --task corpus needs --data PATH (a TSV or JSONL file)")
     if args.task != "corpus" and (args.data is not None or args.eval_data is not None):
         parser.error(f"argument --data: only --task corpus reads a file, not --task {args.task}")
+    if args.checkpoint is not None and args.version != "analysis":
+        parser.error("argument --checkpoint: only used with --version analysis")
     if args.versions is not None:
         if args.version == "both" and len(args.versions) != 2:
             parser.error(f"argument --versions: --version both compares two implementations, "

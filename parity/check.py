@@ -220,6 +220,13 @@ def _checkpoint_folder(text: str) -> str:
     return text
 
 
+def _hf_folder(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder: expected a saved HF model "
+                                         f"folder (config.json + model.safetensors)")
+    return text
+
+
 def _json_path(text: str) -> str:
     """A file path whose folder exists and is writable, checked before the run, not after."""
     if os.path.isdir(text):
@@ -248,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "from --seed)")
     source.add_argument("--checkpoint", type=_checkpoint_folder,
                         help="a checkpoint folder (config.json + safetensors)")
+    source.add_argument("--hf", metavar="PATH", type=_hf_folder,
+                        help="a saved HF folder (Marian, FSMT, BART, mBART, M2M100, Pegasus) "
+                             "against HF's own class: parity/hf_folder.py")
     p.add_argument("--seed", type=_int_at_least(0), default=0,
                    help="weights and batch seed (default 0)")
     p.add_argument("--batch", type=_int_at_least(2), default=3, help="batch size (default 3)")
@@ -293,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.hf:
+        force_full_precision()
+        from .hf_folder import run_hf_folder
+        return run_hf_folder(args, start)
     try:
         config, flat = load_model(args)
         batch = make_batch(config, args.seed, args.batch, args.src_len, args.tgt_len)

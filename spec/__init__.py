@@ -15,7 +15,7 @@ from .names import (
     param_shapes,
     sublayers,
 )
-from .positions import sinusoidal_positions
+from .positions import position_table, sinusoidal_positions
 from .random_weights import random_params
 from .training import TrainConfig, learning_rate
 
@@ -23,5 +23,6 @@ __all__ = [
     "ATTENTION_POINTS", "FFN_POINTS", "PRESETS", "SIDES", "TransformerConfig", "attention_names",
     "check_params", "check_token_array", "check_tokens", "embedding_names",
     "intermediate_shapes", "label_smoothed_cross_entropy", "load_checkpoint", "num_layers",
-    "TrainConfig", "learning_rate", "param_shapes", "random_params", "save_checkpoint", "sinusoidal_positions", "sublayers", "to_numpy",
+    "TrainConfig", "learning_rate", "param_shapes", "position_table", "random_params",
+    "save_checkpoint", "sinusoidal_positions", "sublayers", "to_numpy",
 ]

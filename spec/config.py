@@ -12,11 +12,14 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 ACTIVATIONS = ("relu", "gelu", "swish")
 NORM_POSITIONS = ("post", "pre")
 POSITIONAL_LAYOUTS = ("interleaved", "split")
+POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
+SINUSOID_FORMULAS = ("paper", "fairseq")
 
 # name -> overrides of the defaults.  vocabularies default to 8000 outside `tiny`.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -40,6 +43,15 @@ class TransformerConfig:
     `scale_embeddings` multiplies token embeddings by sqrt(d_model) before positions are added.
     `share_embeddings` uses one table for source and target tokens (needs equal vocabularies);
     `tie_output` computes logits with the (decoder) embedding table instead of `output/kernel`.
+
+    Pretrained families (docs/interfaces.md "Families"); the defaults give the paper's model:
+    `positional_encoding`: "sinusoidal" (a fixed table) or "learned" (param
+    `{side}/embed/positions`).  `sinusoid_formula`: "paper" (angle p / 10000^(2i/d)) or
+    "fairseq" (p / 10000^(i/(d//2 - 1)), FSMT and M2M100; needs the "split" layout).
+    `position_offset`: the table row of the first token, so tables have max_len + offset rows
+    (BART's learned table: 2; fairseq: pad_id + 1).  `zero_pad_positions`: pad tokens get no
+    position vector (fairseq's zeroed padding row).  `embedding_norm`: a LayerNorm
+    (`{side}/embed_norm`) on tokens + positions, before the embedding dropout (BART, mBART).
     """
 
     src_vocab_size: int = 8000
@@ -63,6 +75,11 @@ class TransformerConfig:
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
+    positional_encoding: Literal["sinusoidal", "learned"] = "sinusoidal"
+    sinusoid_formula: Literal["paper", "fairseq"] = "paper"
+    position_offset: int = 0
+    zero_pad_positions: bool = False
+    embedding_norm: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -190,7 +207,29 @@ def _validate(c: TransformerConfig) -> None:
         fail("norm_position", f"one of {NORM_POSITIONS}")
     if c.positional_layout not in POSITIONAL_LAYOUTS:
         fail("positional_layout", f"one of {POSITIONAL_LAYOUTS}")
+    _validate_positions(c, fail)
     if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
         raise ValueError(
             f"config field share_embeddings=True needs src_vocab_size == tgt_vocab_size, got "
             f"src_vocab_size={c.src_vocab_size} and tgt_vocab_size={c.tgt_vocab_size}")
+
+
+def _validate_positions(c: TransformerConfig, fail: Callable[[str, str], None]) -> None:
+    """The family fields (positions and the embedding norm); each defaults to the paper."""
+    if c.positional_encoding not in POSITIONAL_ENCODINGS:
+        fail("positional_encoding", f"one of {POSITIONAL_ENCODINGS}")
+    if c.sinusoid_formula not in SINUSOID_FORMULAS:
+        fail("sinusoid_formula", f"one of {SINUSOID_FORMULAS}")
+    if c.sinusoid_formula == "fairseq":
+        if c.positional_layout != "split":
+            fail("positional_layout", "'split' with sinusoid_formula='fairseq' (sines, then "
+                 "cosines, then a zero feature when d_model is odd)")
+        if c.d_model < 4:
+            fail("d_model", "at least 4 with sinusoid_formula='fairseq' (it divides by "
+                 "d_model // 2 - 1)")
+    v = c.position_offset
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        fail("position_offset", "a non-negative integer")
+    for name in ("zero_pad_positions", "embedding_norm"):
+        if not isinstance(getattr(c, name), bool):
+            fail(name, "true or false")

@@ -34,6 +34,8 @@ def embedding_names(config: TransformerConfig) -> dict[str, str]:
 def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
     """Every canonical parameter name -> shape.  Dense kernels are [in, out].
 
+    Learned positions `{side}/embed/positions` are `[max_len + position_offset, d]` (row j +
+    offset is token j's); `{side}/embed_norm/*` exist with `embedding_norm`.
     Heads are contiguous column blocks: head h owns columns h*k:(h+1)*k of the query, key and
     value kernels (and rows h*k:(h+1)*k of the out kernel).
     """
@@ -45,6 +47,11 @@ def param_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
         shapes["encoder/embedding/embedding"] = (config.src_vocab_size, d)
         shapes["decoder/embedding/embedding"] = (config.tgt_vocab_size, d)
     for side in SIDES:
+        if config.positional_encoding == "learned":
+            shapes[f"{side}/embed/positions"] = (config.max_len + config.position_offset, d)
+        if config.embedding_norm:
+            shapes[f"{side}/embed_norm/scale"] = (d,)
+            shapes[f"{side}/embed_norm/bias"] = (d,)
         for i in range(num_layers(config, side)):
             for sub in sublayers(side):
                 prefix = f"{side}/layer_{i}/{sub}"
@@ -81,6 +88,9 @@ def intermediate_shapes(config: TransformerConfig, batch: int, src_len: int,
     for side in SIDES:
         n = src_len if side == "encoder" else tgt_len
         out[f"{side}/embed/tokens"] = (b, n, d)
+        if config.embedding_norm:  # on tokens + positions, before the embedding dropout
+            out[f"{side}/embed_norm/input"] = (b, n, d)
+            out[f"{side}/embed_norm/output"] = (b, n, d)
         out[f"{side}/embed/output"] = (b, n, d)
         for i in range(num_layers(config, side)):
             for sub in sublayers(side):

@@ -21,12 +21,13 @@ from .model import (
     Output,
     Transformer,
 )
+from .pretrained import from_pretrained
 from .taps import Tap, capture, has_hooks, name_taps, named_taps, patch, watch
 
 __all__ = [
     "Attention", "Decoder", "DecoderLayer", "DynamicCache", "Embed", "Encoder",
     "EncoderDecoderCache", "EncoderLayer", "FeedForward", "LayerNorm", "Output", "Tap",
     "Transformer", "beam_search", "canonical_parameters", "capture", "forward",
-    "full_precision", "greedy_decode", "has_hooks", "init", "name_taps", "named_taps", "patch",
-    "watch",
+    "from_pretrained", "full_precision", "greedy_decode", "has_hooks", "init", "name_taps",
+    "named_taps", "patch", "watch",
 ]

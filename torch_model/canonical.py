@@ -3,6 +3,7 @@
 Module paths already are the canonical names, so the mapping is by module type:
 nn.Linear `weight` [out, in] <-> `kernel` [in, out] (transposed), `bias` <-> `bias`;
 nn.Embedding `weight` <-> `embedding`; LayerNorm `weight` <-> `scale`, `bias` <-> `bias`;
+a learned `Embed.positions` <-> `{side}/embed/positions`;
 the root `Output` `weight` [v, m] <-> `output/kernel` [m, v] (transposed), `bias` <-> `output/bias`.
 """
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from spec import check_params, param_shapes, to_numpy
 
-from .model import Output, Transformer
+from .model import Embed, Output, Transformer
 
 
 def canonical_parameters(model: Transformer) -> dict[str, tuple[nn.Parameter, bool]]:
@@ -32,6 +33,8 @@ def canonical_parameters(model: Transformer) -> dict[str, tuple[nn.Parameter, bo
         elif isinstance(module, nn.LayerNorm):
             entries[f"{prefix}/scale"] = (module.weight, False)
             entries[f"{prefix}/bias"] = (module.bias, False)
+        elif isinstance(module, Embed) and isinstance(module.positions, nn.Parameter):
+            entries[f"{prefix}/positions"] = (module.positions, False)  # learned [rows, m]
         elif isinstance(module, Output):
             if module.weight is not None:
                 entries[f"{prefix}/kernel"] = (module.weight, True)  # [v, m] -> [m, v]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from spec import TransformerConfig, sinusoidal_positions
+from spec import TransformerConfig, position_table
 
 from .attention import (
     attend,
@@ -55,27 +55,52 @@ class LayerNorm(nn.LayerNorm):
 
 
 class Embed(nn.Module):
-    """Token vectors (scaled by sqrt(m)) plus sinusoidal positions, then dropout.
+    """Token vectors (scaled by sqrt(m)) plus positions, [the stack's embed_norm], then dropout.
 
     The token table is passed in, since it may be shared by both sides (`shared_embedding`).
-    `offset` is the position of the first token (the KV cache length while decoding).
+    `positions` [max_len + position_offset, m] is a fixed sinusoid buffer, or the learned
+    parameter `{side}/embed/positions`; token j reads row j + position_offset, and a pad token
+    none with `zero_pad_positions`.  `offset` is the index of the first token (the KV cache
+    length while decoding).
     """
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
+        self.config = config
         self.scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
-        table = sinusoidal_positions(config.max_len, config.d_model, config.positional_layout)
-        self.register_buffer("positions", torch.from_numpy(table), persistent=False)  # [max_len, m]
+        rows = config.max_len + config.position_offset
+        if config.positional_encoding == "learned":
+            self.positions = nn.Parameter(torch.zeros(rows, config.d_model))  # [rows, m]
+        else:
+            self.register_buffer("positions", torch.zeros(rows, config.d_model),
+                                 persistent=False)  # [rows, m]
+            self.reset_positions()
         self.dropout = _dropout(config.dropout_rate)
         self.tokens = Tap()
         self.output = Tap()
 
-    def forward(self, ids: torch.Tensor, table: nn.Embedding, offset: int = 0) -> torch.Tensor:
+    def reset_positions(self) -> None:
+        """Refill a fixed sinusoid table (learned positions are parameters: left alone)."""
+        if self.config.positional_encoding == "sinusoidal":
+            with torch.no_grad():
+                self.positions.copy_(torch.from_numpy(position_table(self.config)))
+
+    def forward(self, ids: torch.Tensor, table: nn.Embedding, offset: int = 0,
+                norm: LayerNorm | None = None) -> torch.Tensor:
         """ids [b, l], or the token vectors [b, l, m] that `table(ids)` would give (HF's
         `inputs_embeds`): either way they are scaled here."""
         vectors = table(ids) if ids.dim() == 2 else ids         # [b, l, m]
         x = self.tokens(vectors * self.scale)                   # [b, l, m]
-        x = x + self.positions[offset:offset + ids.shape[1]].to(x.dtype)  # [l, m] over b
+        start = self.config.position_offset + offset
+        positions = self.positions[start:start + ids.shape[1]].to(x.dtype)  # [l, m] over b
+        if self.config.zero_pad_positions:
+            if ids.dim() != 2:
+                raise ValueError("zero_pad_positions needs token ids to find the pads; "
+                                 "inputs_embeds cannot be used with this config")
+            positions = positions * (ids != self.config.pad_id)[..., None].to(x.dtype)  # [b, l, m]
+        x = x + positions
+        if norm is not None:
+            x = norm(x)
         return self.output(self.dropout(x))
 
 
@@ -226,6 +251,8 @@ class _Stack(nn.Module):
             vocab = config.src_vocab_size if side == "encoder" else config.tgt_vocab_size
             self.embedding = nn.Embedding(vocab, config.d_model)
         self.embed = Embed(config)
+        if config.embedding_norm:
+            self.embed_norm = LayerNorm(config)
         self.num_layers = n
         for i in range(n):
             self.add_module(f"layer_{i}", layer_cls(config))
@@ -233,6 +260,12 @@ class _Stack(nn.Module):
             self.final_norm = LayerNorm(config)
         self.output = Tap()
         self.gradient_checkpointing = False
+
+    def _embed(self, ids: torch.Tensor, table: nn.Embedding | None, offset: int = 0
+               ) -> torch.Tensor:
+        """The embedding output [b, l, m], through `embed_norm` when the config has one."""
+        return self.embed(ids, table if table is not None else self.embedding, offset,
+                          getattr(self, "embed_norm", None))
 
     @property
     def layers(self) -> list[nn.Module]:
@@ -258,7 +291,7 @@ class Encoder(_Stack):
     def forward(self, src: torch.Tensor, key_mask: torch.Tensor,
                 table: nn.Embedding | None = None) -> torch.Tensor:
         """src [b, s] ids, key_mask [b, s] (True = real token) -> [b, s, m]."""
-        x = self.embed(src, table if table is not None else self.embedding)
+        x = self._embed(src, table)
         mask = padding_mask(key_mask)  # [b, 1, 1, s]
         for layer in self.layers:
             x = self._run(layer, x, mask)
@@ -277,7 +310,7 @@ class Decoder(_Stack):
         (True = real) also hides target keys (HF's `decoder_attention_mask`); None: causal only.
         """
         offset = 0 if cache is None else cache.get_seq_length()
-        x = self.embed(tgt, table if table is not None else self.embedding, offset)
+        x = self._embed(tgt, table, offset)
         t = tgt.shape[1]
         self_mask = causal_mask(t, offset + t, tgt.device)  # [1, 1, t, offset + t]
         if self_key_mask is not None:
@@ -321,6 +354,8 @@ def init_module(module: nn.Module, d_model: int, generator: torch.Generator | No
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, Embed) and isinstance(module.positions, nn.Parameter):
+            nn.init.normal_(module.positions, std=0.02, generator=generator)  # learned table
         elif isinstance(module, Output):
             if module.weight is not None:
                 nn.init.xavier_uniform_(module.weight, generator=generator)
