@@ -13,7 +13,7 @@ import argparse
 import re
 from collections.abc import Sequence
 
-VERSIONS = ("jax", "pytorch", "huggingface", "both", "all", "analysis")
+VERSIONS = ("jax", "pytorch", "huggingface", "both", "all", "analysis", "interpret")
 FRAMEWORKS = ("jax", "pytorch", "huggingface")
 # `both` compares the reference with its mirror by default; SEED.md's `both` meant
 # pytorch + huggingface, which is `--version both --versions pytorch,huggingface`.
@@ -207,7 +207,41 @@ def build_parser() -> argparse.ArgumentParser:
     inside.add_argument("--wandb", action="store_true",
                         help="log to Weights & Biases (offline unless you are logged in)")
     inside.add_argument("--wandb_project", default="transformer-lab")
+    add_interpret_flags(p)
     return p
+
+
+# -- --version interpret (lab_cli/interpret.py): flags and their checks, kept in one block ----
+def add_interpret_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("interpret (causal analyses of a trained model)")
+    g.add_argument("--checkpoint", default=None, metavar="FOLDER",
+                   help="--version interpret: a trained model's final/ folder (config.json, "
+                        "model.safetensors, tokenizer.json)")
+    g.add_argument("--clean", action="append", default=None, metavar="TEXT",
+                   help="clean source text (repeatable, one --corrupt each; default: number "
+                        "pairs that differ in one digit word)")
+    g.add_argument("--corrupt", action="append", default=None, metavar="TEXT",
+                   help="the corrupted source of the matching --clean (same token count)")
+    g.add_argument("--ig_steps", type=positive, default=32,
+                   help="integrated-gradients quadrature steps (midpoint rule)")
+
+
+def check_interpret_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.version != "interpret":
+        for flag in ("checkpoint", "clean", "corrupt"):
+            if getattr(args, flag) is not None:
+                parser.error(f"argument --{flag}: only used with --version interpret")
+        return
+    if args.checkpoint is None:
+        parser.error("argument --checkpoint: --version interpret needs --checkpoint FOLDER "
+                     "(e.g. results_jax/final)")
+    clean, corrupt = args.clean or [], args.corrupt or []
+    if len(clean) != len(corrupt):
+        parser.error(f"argument --corrupt: {len(clean)} --clean and {len(corrupt)} --corrupt "
+                     f"texts; give one --corrupt per --clean")
+    for flag, texts in (("--clean", clean), ("--corrupt", corrupt)):
+        if any(not t.strip() for t in texts):
+            parser.error(f"argument {flag}: empty text")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -217,6 +251,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("argument --data: --task corpus needs --data PATH (a TSV or JSONL file)")
     if args.task != "corpus" and (args.data is not None or args.eval_data is not None):
         parser.error(f"argument --data: only --task corpus reads a file, not --task {args.task}")
+    check_interpret_flags(parser, args)
     if args.versions is not None:
         if args.version == "both" and len(args.versions) != 2:
             parser.error(f"argument --versions: --version both compares two implementations, "
