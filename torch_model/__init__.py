@@ -1,8 +1,8 @@
 """PyTorch mirror of the Flax reference: same modules, same canonical names, taps everywhere.
 
 `Transformer(config)` with `load_canonical` / `to_canonical` / `canonical_grads`;
-`forward(model, src, tgt, capture=True)`; `capture` / `patch` context managers on the taps;
-`greedy_decode` / `beam_search` with a KV cache.  Never imports jax or transformers.
+`forward(model, src, tgt, capture=True, patch=None)`; `capture` / `patch` / `watch` context
+managers on the taps; `greedy_decode` / `beam_search` with a KV cache (and `patch=`).  Never imports jax or transformers.
 """
 
 from .api import forward, full_precision, init
@@ -21,11 +21,12 @@ from .model import (
     Output,
     Transformer,
 )
-from .taps import Tap, capture, has_hooks, name_taps, named_taps, patch
+from .taps import Tap, capture, has_hooks, name_taps, named_taps, patch, watch
 
 __all__ = [
     "Attention", "Decoder", "DecoderLayer", "DynamicCache", "Embed", "Encoder",
     "EncoderDecoderCache", "EncoderLayer", "FeedForward", "LayerNorm", "Output", "Tap",
     "Transformer", "beam_search", "canonical_parameters", "capture", "forward",
     "full_precision", "greedy_decode", "has_hooks", "init", "name_taps", "named_taps", "patch",
+    "watch",
 ]

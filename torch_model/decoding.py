@@ -14,18 +14,26 @@ always pad_id.
 (rows = b, or b * beam_size for beam search, beams of one sentence adjacent).  Self-attention
 keys grow by one per step; their axis is padded with zeros to the last step's length
 (`weights` [steps, rows, h, 1, steps], future positions 0).
+
+`patch` (the mapping of `forward`) is applied at every step (spec/patching.py): a function
+gets one step's value (`[rows, h, 1, d]` for a decoder context; the whole cache
+`[rows, h, step + 1, d]` for decoder self-attention k/v); an Intervention's position
+selections refer to the step's query position (and, for self-attention k/v, to cache slots).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from spec import check_tokens
+from spec.patching import decode_plan, in_decoder, step_slice
 
-from .api import as_ids, full_precision, mode, model_device
+from .api import affine, as_ids, full_precision, mode, model_device, patched
 from .cache import EncoderDecoderCache
 from .model import Transformer
 from .taps import capture as capture_taps
@@ -81,6 +89,40 @@ class _Steps:
         return out
 
 
+@contextlib.contextmanager
+def decode_patch(model: Transformer, patch: Mapping | None, src: np.ndarray, max_len: int,
+                 beams: int = 1) -> Iterator[None]:
+    """Apply `patch` through a whole decode (this module's searches, or HF `generate`).
+
+    A pre-hook on the decoder reads which query positions the call feeds (the cache length,
+    plus the new ids) and each decoder tap cuts its coefficients to them (spec.patching);
+    the encoder's taps use the full ones.  Nothing is registered when `patch` is empty."""
+    fns, coeffs = decode_plan(patch, model.config, src.shape[0], src.shape[1], max_len, beams)
+    if not fns and not coeffs:
+        yield
+        return
+    device = model_device(model)
+    window = [0, 1]  # query positions start..stop-1 of the running decoder call
+
+    def feed(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        cache = args[4] if len(args) > 4 else kwargs.get("cache")
+        window[0] = cache.get_seq_length() if cache is not None else 0
+        window[1] = window[0] + args[0].shape[1]
+
+    def cut(name: str, scale: np.ndarray, shift: np.ndarray) -> Any:
+        if not in_decoder(name):
+            return affine(scale, shift, device)
+        return lambda value: affine(step_slice(name, scale, *window),
+                                    step_slice(name, shift, *window), device)(value)
+
+    handle = model.decoder.register_forward_pre_hook(feed, with_kwargs=True)
+    try:
+        with patched(model, {**fns, **{n: cut(n, *c) for n, c in coeffs.items()}}):
+            yield
+    finally:
+        handle.remove()
+
+
 def _finish(tokens: torch.Tensor, max_len: int, pad_id: int) -> torch.Tensor:
     """[b, n] generated tokens (bos excluded) -> [b, max_len], right-padded with pad_id."""
     out = torch.full((tokens.shape[0], max_len), pad_id, dtype=torch.int64, device=tokens.device)
@@ -89,14 +131,15 @@ def _finish(tokens: torch.Tensor, max_len: int, pad_id: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_decode(model: Transformer, src: object, max_len: int, capture: bool = False
+def greedy_decode(model: Transformer, src: object, max_len: int, patch: Mapping | None = None,
+                  capture: bool = False
                   ) -> torch.Tensor | tuple[torch.Tensor, dict[str, np.ndarray]]:
     """Argmax decoding: src [b, s] -> tokens [b, max_len] (and per-step captures)."""
     src_np = _check(model, src, max_len)
     c = model.config
     device = model_device(model)
     recorder = _Steps(model, capture)
-    with full_precision(), mode(model, False):
+    with full_precision(), mode(model, False), decode_patch(model, patch, src_np, max_len):
         src_t = as_ids(src_np, device)
         src_mask = model.source_mask(src_t)                                     # [b, s]
         memory = model.encode(src_t, src_mask)                                 # [b, s, m]
@@ -126,7 +169,8 @@ def _gather_beams(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
-                alpha: float = 1.0, early_stopping: bool | str = False, capture: bool = False
+                alpha: float = 1.0, early_stopping: bool | str = False, capture: bool = False,
+                patch: Mapping | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, np.ndarray]]:
     """Beam search as HF `generate(num_beams=beam_size, length_penalty=alpha, ...)`.
 
@@ -147,10 +191,11 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
     keep = 2 * n                 # (one eos id + 1) * beams candidates per step
     max_length = 1 + max_len     # HF counts the decoder start token
     prompt = 1
-    with full_precision(), mode(model, False):
-        src_t = as_ids(src_np, device).repeat_interleave(n, dim=0)            # [b*n, s]
-        src_mask = model.source_mask(src_t)
-        memory = model.encode(src_t, src_mask)                                 # [b*n, s, m]
+    with full_precision(), mode(model, False), decode_patch(model, patch, src_np, max_len, n):
+        src_t = as_ids(src_np, device)                                         # [b, s]
+        src_mask = model.source_mask(src_t).repeat_interleave(n, dim=0)      # [b*n, s]
+        # encode the b sources once (as HF generate does), then one copy per beam
+        memory = model.encode(src_t).repeat_interleave(n, dim=0)               # [b*n, s, m]
         b = src_np.shape[0]
         cache = EncoderDecoderCache()
         running = torch.full((b, n, max_length), c.pad_id, dtype=torch.int64, device=device)

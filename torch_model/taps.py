@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spec.patching import check_result
+
 
 class Tap(nn.Module):
     """Identity at a named point of the forward pass.
@@ -97,15 +99,18 @@ def patch(model: nn.Module, fns: Mapping[str, Callable[[torch.Tensor], torch.Ten
     """Replace the value at each named tap by `fn(value)` while the context is open.
 
     Patch hooks are prepended, so a `capture` opened before or after records the patched value.
+    A function that returns another shape than it got raises ValueError naming the tap.
     """
     handles = []
     try:
         for name, tap in _select(model, fns).items():
             fn = fns[name]
 
-            def hook(module: nn.Module, args: tuple, output: torch.Tensor,
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor, name: str = name,
                      fn: Callable[[torch.Tensor], torch.Tensor] = fn) -> torch.Tensor:
-                return fn(output)
+                new = fn(output)
+                check_result(name, tuple(output.shape), new)
+                return new
             handles.append(tap.register_forward_hook(hook, prepend=True))
         yield
     finally:
@@ -116,3 +121,32 @@ def patch(model: nn.Module, fns: Mapping[str, Callable[[torch.Tensor], torch.Ten
 def has_hooks(model: nn.Module) -> bool:
     """Whether any tap of `model` carries a forward hook (tests assert none is left behind)."""
     return any(tap._forward_hooks for tap in named_taps(model).values())
+
+
+def _fresh(value: torch.Tensor) -> torch.Tensor:
+    """The tap's value as a new autograd node: its gradient then counts only the uses after the
+    tap (a pre-LN `norm/input` is also the residual stream, which must not leak into it)."""
+    if value.requires_grad:
+        return value.view_as(value)
+    return value.detach().requires_grad_(True)
+
+
+@contextlib.contextmanager
+def watch(model: nn.Module, names: Iterable[str] | None = None
+          ) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield a dict that fills with `{canonical_name: tensor}`, each tap's output as the rest of
+    the model sees it (after any `patch`, whose hooks run first), for
+    `torch.autograd.grad(metric, list(seen.values()))`: d metric / d intermediate."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, tap in _select(model, names).items():
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor,
+                     name: str = name) -> torch.Tensor:
+                seen[name] = _fresh(output)
+                return seen[name]
+            handles.append(tap.register_forward_hook(hook))
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()

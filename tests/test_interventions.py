@@ -1,0 +1,221 @@
+"""Patching, intermediate gradients and patched decoding in every implementation.
+
+Hand-checkable cases run on each adapter (patching a value with itself changes nothing,
+replacing every site with a corrupted run's values reproduces the corrupted logits, zero-
+ablating the only head leaves the out bias, finite differences); cross-implementation cases
+compare each adapter with the torch one at the parity tolerance.
+"""
+
+import numpy as np
+import pytest
+from helpers import padded_ids, random_flat
+
+import spec
+from spec import interventions as iv
+
+torch = pytest.importorskip("torch")
+import torch_model  # noqa: E402
+from torch_model.adapter import TorchAdapter  # noqa: E402
+
+CONFIG = spec.TransformerConfig.preset("tiny")
+FLAT = random_flat(CONFIG, seed=3)
+SRC, TGT = padded_ids(CONFIG, seed=1, b=3, s=6, t=5)
+CORRUPT_SRC, _ = padded_ids(CONFIG, seed=2, b=3, s=6, t=5)
+LABELS = np.concatenate([TGT[:, 1:], np.full((3, 1), CONFIG.eos_id)], axis=1)
+TOL = 1e-5  # the parity suite's float32 normalised tolerance (parity/tolerances.py)
+
+
+def normalised(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
+
+
+def make(kind, flat=FLAT, config=CONFIG):
+    if kind == "torch":
+        return TorchAdapter(torch_model.Transformer(config).load_canonical(flat))
+    if kind == "jax":
+        pytest.importorskip("jax")
+        import jax_model
+        from jax_model.adapter import JaxAdapter
+        return JaxAdapter(jax_model.from_canonical(flat, config), config)
+    pytest.importorskip("transformers")
+    import hf_bridge
+    from hf_bridge.adapter import HFAdapter
+    return HFAdapter(hf_bridge.TransformerLabForConditionalGeneration.from_canonical(flat, config))
+
+
+KINDS = ["torch"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def adapter(request):
+    return make(request.param)
+
+
+@pytest.fixture(scope="module")
+def clean(adapter):
+    return adapter.run(SRC, TGT)
+
+
+@pytest.fixture(scope="module")
+def corrupt(adapter):
+    return adapter.run(CORRUPT_SRC, TGT)
+
+
+def test_patching_a_value_with_itself_changes_nothing(adapter, clean):
+    logits, inter = clean
+    for name in ("encoder/layer_1/self_attn/weights", "decoder/layer_0/cross_attn/context",
+                 "decoder/layer_1/ffn_norm/input", "logits"):
+        out, got = adapter.run(SRC, TGT, [iv.patch_from(name, inter[name])])
+        np.testing.assert_array_equal(out, logits)
+        np.testing.assert_array_equal(got[name], inter[name])
+
+
+def test_replacing_every_site_with_the_corrupted_run_reproduces_its_logits(adapter, clean,
+                                                                           corrupt):
+    corrupt_logits, corrupt_inter = corrupt
+    sites = [iv.patch_from(n, v) for n, v in corrupt_inter.items() if n != "logits"]
+    logits, inter = adapter.run(SRC, TGT, sites)
+    assert normalised(logits, corrupt_logits) < TOL
+    assert normalised(clean[0], corrupt_logits) > 0.01  # the corruption does change the output
+    for name in ("encoder/output", "decoder/layer_1/self_attn/scores"):
+        np.testing.assert_array_equal(inter[name], corrupt_inter[name])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_ablating_the_only_head_leaves_the_out_bias(kind):
+    config = spec.TransformerConfig.preset("tiny", num_heads=1)
+    flat = random_flat(config, seed=4)
+    name = "decoder/layer_1/cross_attn"
+    _, inter = make(kind, flat, config).run(SRC, TGT, [iv.zero_ablate(f"{name}/context",
+                                                                      heads=[0])])
+    bias = flat[f"{name}/out/bias"]
+    np.testing.assert_allclose(inter[f"{name}/output"], np.broadcast_to(bias, (3, 5, 32)),
+                               rtol=0, atol=1e-6)
+
+
+def test_selections_rewrite_only_the_selected_entries(adapter, clean):
+    logits, inter = clean
+    name = "decoder/layer_0/self_attn/weights"  # [b, h, t, t]
+    spec_ = iv.scale(name, 0.5, heads=[1, 3], positions=[2], keys=[0, 1])
+    out, got = adapter.run(SRC, TGT, [spec_])
+    np.testing.assert_allclose(got[name], spec_.apply_numpy(inter[name]), rtol=0, atol=1e-7)
+    # causal: query positions before the patched one are untouched downstream
+    np.testing.assert_allclose(out[:, :2], logits[:, :2], rtol=0, atol=1e-6)
+    assert np.abs(out[:, 2] - logits[:, 2]).max() > 1e-4
+
+
+def test_steering_a_residual_point(adapter, clean):
+    name = "encoder/layer_0/ffn_norm/output"
+    vector = np.linspace(-1, 1, CONFIG.d_model).astype(np.float32)
+    _, got = adapter.run(SRC, TGT, [iv.add(name, vector, positions=[0, 3])])
+    want = clean[1][name].copy()
+    want[:, [0, 3]] += vector
+    np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-6)
+
+
+def test_a_bad_intervention_is_a_value_error_naming_it(adapter):
+    with pytest.raises(ValueError, match="decoder/layer_9/ffn/output"):
+        adapter.run(SRC, TGT, [iv.zero_ablate("decoder/layer_9/ffn/output")])
+    with pytest.raises(ValueError, match="heads \\[4\\] out of range"):
+        adapter.run(SRC, TGT, [iv.zero_ablate("encoder/layer_0/self_attn/q", heads=[4])])
+    with pytest.raises(ValueError, match="shape"):
+        adapter.run(SRC, TGT, [iv.patch_from("logits", np.zeros((3, 4, 64), np.float32))])
+
+
+def test_metric_under_equals_one_run_per_list(adapter):
+    metric = iv.target_logprob(LABELS, CONFIG.tgt_vocab_size, CONFIG.pad_id)
+    sweep = [[]] + [[iv.zero_ablate("decoder/layer_0/self_attn/context", heads=[h])]
+                    for h in range(4)]
+    values = adapter.metric_under(SRC, TGT, metric, sweep)
+    assert values.shape == (5,)
+    for value, interventions in zip(values, sweep):
+        logits, _ = adapter.run(SRC, TGT, interventions, capture=False)
+        assert abs(value - metric.value_numpy(logits)) < 1e-4
+    assert len(set(np.round(values, 4))) == 5  # every head matters
+
+
+def test_intermediate_grads_cover_every_name_and_match_finite_differences(adapter, clean):
+    metric = iv.loss_metric(LABELS, CONFIG.tgt_vocab_size, CONFIG.pad_id)
+    value, grads = adapter.intermediate_grads(SRC, TGT, metric)
+    shapes = spec.intermediate_shapes(CONFIG, 3, 6, 5)
+    assert list(grads) == list(shapes)
+    assert all(grads[n].shape == shapes[n] for n in shapes)
+    loss, _ = adapter.gradients(SRC, TGT, LABELS)
+    assert abs(value - loss) < 1e-5
+    name = "decoder/layer_1/ffn/activation"
+    direction = np.random.default_rng(0).normal(size=shapes[name]).astype(np.float32)
+    eps = 1e-2
+    up, down = adapter.metric_under(SRC, TGT, metric, [[iv.add(name, eps * direction)],
+                                                       [iv.add(name, -eps * direction)]])
+    assert abs((up - down) / (2 * eps) - float((grads[name] * direction).sum())) < 2e-3
+    # d loss / d logits by hand: (softmax - q) / count at non-pad labels
+    logits = clean[0].astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    q = np.full(p.shape, 0.1 / 64)
+    np.put_along_axis(q, LABELS[..., None], 0.9 + 0.1 / 64, axis=-1)
+    keep = (LABELS != CONFIG.pad_id)[..., None]
+    np.testing.assert_allclose(grads["logits"], (p - q) * keep / keep.sum(), atol=1e-6)
+
+
+def test_gradients_are_taken_after_the_intervention(adapter):
+    metric = iv.target_logprob(LABELS, CONFIG.tgt_vocab_size, CONFIG.pad_id)
+    name = "decoder/layer_0/self_attn/q"
+    _, grads = adapter.intermediate_grads(SRC, TGT, metric, names=[name, "decoder/embed/output"],
+                                          interventions=[iv.zero_ablate(name)])
+    assert list(grads) == [name, "decoder/embed/output"]
+    assert np.abs(grads[name]).max() > 1e-4  # the zeroed value still reaches the metric
+    with pytest.raises(ValueError, match="encoder/nothing"):
+        adapter.intermediate_grads(SRC, TGT, metric, names=["encoder/nothing"])
+
+
+def test_patched_greedy_decoding_equals_patched_forwards_on_its_prefix(adapter):
+    patch = [iv.zero_ablate("decoder/layer_1/self_attn/k", positions=[0]),
+             iv.scale("decoder/layer_0/cross_attn/weights", 0.0, heads=[0], keys=[1]),
+             iv.add("decoder/embed/output", np.float32(0.5), positions=[2]),
+             iv.zero_ablate("encoder/layer_1/ffn/output", positions=[1])]
+    max_len = 5
+    tokens = adapter.decode(SRC, max_len, interventions=patch)
+    assert tokens.shape == (3, max_len)
+    plain = adapter.decode(SRC, max_len)
+    assert not np.array_equal(tokens, plain)
+    prefix = np.concatenate([np.full((3, 1), CONFIG.bos_id), tokens[:, :-1]], axis=1)
+    logits, _ = adapter.run(SRC, prefix, patch, capture=False)
+    argmax = logits.argmax(-1)
+    for row in range(3):
+        n = max_len
+        if CONFIG.eos_id in tokens[row]:
+            n = int(np.argmax(tokens[row] == CONFIG.eos_id)) + 1
+        np.testing.assert_array_equal(tokens[row, :n], argmax[row, :n])
+
+
+def test_an_identity_patch_leaves_decoding_unchanged(adapter, clean):
+    full = clean[1]
+    name = "encoder/layer_0/self_attn/output"
+    for beams in (1, 3):
+        same = adapter.decode(SRC, 6, beam_size=beams, alpha=0.8,
+                              interventions=[iv.patch_from(name, full[name]),
+                                             iv.scale("decoder/layer_1/ffn/output", 1.0)])
+        np.testing.assert_array_equal(same, adapter.decode(SRC, 6, beam_size=beams, alpha=0.8))
+
+
+def test_torch_forward_patch_takes_functions_and_checks_their_shapes():
+    model = torch_model.Transformer(CONFIG).load_canonical(FLAT)
+    name = "decoder/layer_0/ffn/activation"
+    by_fn, inter = torch_model.forward(model, SRC, TGT, patch={name: lambda v: 2 * v})
+    by_spec, _ = torch_model.forward(model, SRC, TGT, patch={name: iv.scale(name, 2.0)})
+    torch.testing.assert_close(by_fn, by_spec, rtol=0, atol=0)
+    assert not torch_model.has_hooks(model)
+    with pytest.raises(ValueError, match=f"patch for {name} returned"):
+        torch_model.forward(model, SRC, TGT, patch={name: lambda v: v[:, :1]})
+    with pytest.raises(ValueError, match="'decoder/layer_0/ffn/act'"):
+        torch_model.forward(model, SRC, TGT, patch={"decoder/layer_0/ffn/act": lambda v: v})
+    with pytest.raises(ValueError, match="key must be the intervention's name"):
+        torch_model.forward(model, SRC, TGT, patch={name: iv.scale("logits", 2.0)})
+    assert not torch_model.has_hooks(model)
+    # a decode step's function sees one step's value
+    seen = []
+    torch_model.greedy_decode(model, SRC, 3, patch={
+        "decoder/layer_0/self_attn/context": lambda v: seen.append(tuple(v.shape)) or v})
+    assert seen[0] == (3, 4, 1, 8)
