@@ -222,6 +222,8 @@ def add_interpret_flags(p: argparse.ArgumentParser) -> None:
                         "pairs that differ in one digit word)")
     g.add_argument("--corrupt", action="append", default=None, metavar="TEXT",
                    help="the corrupted source of the matching --clean (same token count)")
+    g.add_argument("--backend", choices=("jax", "torch"), default="jax",
+                   help="--version interpret: the implementation that runs the analyses")
     g.add_argument("--ig_steps", type=positive, default=32,
                    help="integrated-gradients quadrature steps (midpoint rule)")
 

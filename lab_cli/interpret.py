@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     except (ValueError, FileNotFoundError) as e:
         raise ValueError(f"argument --checkpoint: {folder} is not a trained model's final/ "
                          f"folder: {str(e).splitlines()[0]}") from None
-    adapter = adapter_from_canonical(flat, config)
+    adapter = adapter_from_canonical(flat, config, prefer=(args.backend,))
     texts = (list(zip(args.clean, args.corrupt)) if args.clean
              else default_pairs(tokenizer))
     out = Path(args.output_dir)
