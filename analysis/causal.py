@@ -152,9 +152,16 @@ def causal_report(result: dict, pair: CausalPair) -> dict:
                for m in ("saliency", "input_x_gradient", "integrated_gradients")},
             "steps": attr["steps"], "baseline": attr["baseline"],
             "f": attr["f"].tolist(), "f_baseline": attr["f_baseline"].tolist(),
-            "completeness_max_error": float(attr["completeness_error"].max())},
+            "completeness_max_error": float(attr["completeness_error"].max()),
+            "completeness_relative_error": float(attr["completeness_error"].max() / max(
+                1e-12, float(np.abs(attr["f"] - attr["f_baseline"]).max())))},
         "top_heads": top_heads(result),
     }
+
+
+def source_labels(labels: dict) -> list[str]:
+    """Source tokens, "clean/corrupt" where the two sources differ."""
+    return [a if a == b else f"{a}/{b}" for a, b in zip(labels["src"], labels["corrupt_src"])]
 
 
 def write_causal_figures(result: dict, pair: CausalPair, out_dir: str | os.PathLike,
@@ -181,7 +188,8 @@ def write_causal_figures(result: dict, pair: CausalPair, out_dir: str | os.PathL
     positions = {k: ap[k]["scores"] for k in result["grids"] if k not in heads}
     if positions:
         save(f"activation patching, positions ({what})",
-             causal_plots.position_grids_figure(positions, {"encoder": lab["src"], "decoder": lab["tgt"]},
+             causal_plots.position_grids_figure(positions, {"encoder": source_labels(lab),
+                                                            "decoder": lab["tgt"]},
                                    f"activation patching per layer x position, {what}"),
              "patching_positions")
     save(f"attribution patching, heads ({what})",

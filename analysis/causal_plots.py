@@ -61,7 +61,8 @@ def position_grids_figure(grids: dict[str, np.ndarray], tokens: dict[str, list[s
         raise ValueError("position_grids_figure needs at least one [layers, positions] grid")
     n = len(grids)
     widest = max(g.shape[1] for g in grids.values())
-    fig = Figure(figsize=(max(4.0, 0.32 * widest + 2.0), (0.35 * 4 + 1.4) * n),
+    rows = max(g.shape[0] for g in grids.values())
+    fig = Figure(figsize=(max(7.0, 0.5 * widest + 3.0), (0.3 * rows + 1.3) * n + 0.4),
                  layout="constrained")
     vmax = _limit(list(grids.values()))
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
@@ -73,7 +74,7 @@ def position_grids_figure(grids: dict[str, np.ndarray], tokens: dict[str, list[s
             raise ValueError(f"{len(labels)} {side} token labels for {grid.shape[1]} positions")
         _ticks(ax, labels, [f"layer {i}" for i in range(grid.shape[0])])
         ax.set_title(label, fontsize=8)
-    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    fig.colorbar(im, ax=list(axes), shrink=0.6, aspect=30)
     fig.suptitle(title, fontsize=9)
     return fig
 

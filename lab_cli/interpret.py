@@ -167,7 +167,9 @@ def format_summary(result: dict) -> str:
                          f"{h['attribution_patching']:.2f}, ablation {h['ablation']:.2f}")
         lines.append(f"  attribution patching vs patching: r = "
                      f"{_fmt(r['agreement']['all']['pearson'])}; IG completeness error "
-                     f"{r['source_attribution']['completeness_max_error']:.2e}")
+                     f"{r['source_attribution']['completeness_max_error']:.2e} ("
+                     f"{r['source_attribution']['completeness_relative_error']:.1%} of the "
+                     f"largest f(x) - f(baseline))")
     return "\n".join(lines)
 
 
