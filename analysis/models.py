@@ -8,18 +8,19 @@ Accepted (docs/interfaces.md "Analysis adapters"):
 - a `hf_bridge` model (-> `hf_bridge.adapter.HFAdapter`);
 - a checkpoint folder (`spec.load_checkpoint`; -> the first importable of jax, torch).
 Recognition is by duck typing and by the module a class comes from, so `analysis` imports
-no framework until the model in hand needs it.
+no framework until the model in hand needs it.  Implementation names, aliases and adapter
+factories come from the one registry, `spec.implementations`.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 
 from spec import TransformerConfig, load_checkpoint
+from spec import implementations as registry
 
-ADAPTER_API = ("name", "config", "capture", "gradients", "params")
+ADAPTER_API = registry.ADAPTER_API
 PREFERENCE = ("jax", "torch")
 
 
@@ -29,30 +30,16 @@ def is_adapter(obj: object) -> bool:
 
 def adapter_from_canonical(flat: Mapping, config: TransformerConfig,
                            prefer: tuple[str, ...] = PREFERENCE):
-    """Canonical weights -> an adapter of the first implementation that imports."""
+    """Canonical weights -> an adapter of the first implementation (registry name or alias)
+    that imports."""
     errors = []
     for name in prefer:
+        name = registry.canonical_name(name)
         try:
-            if name == "jax":
-                import jax_model
-                from jax_model.adapter import JaxAdapter
-                return JaxAdapter(jax_model.from_canonical(flat, config), config)
-            if name == "torch":
-                import torch_model
-                from torch_model.adapter import TorchAdapter
-                return TorchAdapter(torch_model.Transformer(config).load_canonical(flat))
-            raise ValueError(f"unknown implementation {name!r}; expected one of {PREFERENCE}")
+            return registry.from_canonical(name, flat, config)
         except ImportError as e:
             errors.append(f"{name}: {e}")
     raise ImportError(f"no model implementation is importable ({'; '.join(errors)})")
-
-
-def _package_of(obj: object) -> str | None:
-    for cls in type(obj).__mro__:
-        root = cls.__module__.split(".")[0]
-        if root in ("hf_bridge", "torch_model"):
-            return root
-    return None
 
 
 def resolve_model(model: object, config: TransformerConfig | None = None):
@@ -64,19 +51,15 @@ def resolve_model(model: object, config: TransformerConfig | None = None):
     if isinstance(model, (str, os.PathLike)):
         flat, config = load_checkpoint(model)
         return adapter_from_canonical(flat, config)
-    package = _package_of(model)
-    if package == "hf_bridge":
-        return importlib.import_module("hf_bridge.adapter").HFAdapter(model)
-    if package == "torch_model":
-        return importlib.import_module("torch_model.adapter").TorchAdapter(model)
+    if registry.package_of(model) in ("hf", "torch"):
+        return registry.adapter_class(registry.package_of(model))(model)
     if isinstance(model, Mapping):
         if config is None:
             raise ValueError("a parameter dict needs its config: pass (params, config) or "
                              "config=")
         if any("/" in str(k) for k in model):  # canonical flat names
             return adapter_from_canonical(model, config)
-        from jax_model.adapter import JaxAdapter
-        return JaxAdapter(model, config)
+        return registry.adapter_class("jax")(model, config)
     raise ValueError(
         f"model of type {type(model).__name__} is not supported: expected an analysis adapter, "
         f"a (params, config) pair, a torch_model.Transformer, a hf_bridge model or a "

@@ -6,7 +6,7 @@ Importing the package registers `model_type="transformer_lab"` with `AutoConfig`
 """
 
 from .config import TransformerLabConfig
-from .decoding import generate_tokens, pad_after_eos
+from .decoding import generate_tokens, pad_after_eos, patched_generation
 from .modeling import (
     TransformerLabEncoder,
     TransformerLabForConditionalGeneration,
@@ -16,5 +16,6 @@ from .modeling import (
 
 __all__ = [
     "TransformerLabConfig", "TransformerLabEncoder", "TransformerLabForConditionalGeneration",
-    "TransformerLabPreTrainedModel", "generate_tokens", "pad_after_eos", "shift_tokens_right",
+    "TransformerLabPreTrainedModel", "generate_tokens", "pad_after_eos", "patched_generation",
+    "shift_tokens_right",
 ]

@@ -5,11 +5,14 @@ search fills the unused tail with `pad_token_id or eos_token_id` (so with eos wh
 0).  The contract returns `[b, max_len]`: start token excluded, eos included, `pad_id` after
 eos and after the end.  `generate_tokens` runs `generate` with exactly the contract's settings
 and converts, so its tokens can be compared with `torch_model.greedy_decode` / `beam_search`
-and the jax ones.
+and the jax ones.  `patch=` (as in `torch_model.forward`) is applied at every generation step by
+`patched_generation`, a context manager that also works around a plain `model.generate()`.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -17,6 +20,7 @@ import torch
 from spec import check_tokens
 from torch_model import full_precision
 from torch_model.api import mode
+from torch_model.decoding import decode_patch
 
 from .modeling import TransformerLabForConditionalGeneration
 
@@ -28,10 +32,22 @@ def pad_after_eos(tokens: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tenso
     return tokens.masked_fill(after, pad_id)
 
 
+@contextlib.contextmanager
+def patched_generation(model: TransformerLabForConditionalGeneration, patch: Mapping | None,
+                       src: Any, max_len: int, beam_size: int = 1) -> Iterator[None]:
+    """Apply `patch` through `model.generate(input_ids=src, max_new_tokens=max_len,
+    num_beams=beam_size, ...)` run inside: the encoder's taps once, the decoder's at every step
+    (cut to the step's query position; torch_model.decoding.decode_patch)."""
+    src_np, _ = check_tokens(src, None, model.spec_config)
+    with decode_patch(model.transformer, patch, src_np, max_len, beam_size):
+        yield
+
+
 @torch.no_grad()
 def generate_tokens(model: TransformerLabForConditionalGeneration, src: Any, max_len: int,
                     beam_size: int = 1, alpha: float = 1.0,
-                    early_stopping: bool | str = False, **generate_kwargs: Any) -> torch.Tensor:
+                    early_stopping: bool | str = False, patch: Mapping | None = None,
+                    **generate_kwargs: Any) -> torch.Tensor:
     """src [b, s] -> tokens [b, max_len] (int64), HF `generate` with the contract's settings.
 
     Greedy when `beam_size == 1`; otherwise beam search with `length_penalty=alpha`.  No
@@ -52,7 +68,8 @@ def generate_tokens(model: TransformerLabForConditionalGeneration, src: Any, max
         raise ValueError(f"generate_kwargs may not set {clash}: they are the contract's")
     src_np, _ = check_tokens(src, None, model.spec_config)
     src_t = torch.as_tensor(src_np, dtype=torch.int64, device=model.device)
-    with full_precision(), mode(model, False):
+    with full_precision(), mode(model, False), \
+            patched_generation(model, patch, src_np, max_len, beam_size):
         out = model.generate(
             input_ids=src_t, max_new_tokens=max_len, num_beams=beam_size, length_penalty=alpha,
             early_stopping=early_stopping, do_sample=False, num_return_sequences=1,

@@ -3,7 +3,8 @@
 The Flax params tree is already the canonical name set (module names were chosen for that), so
 `to_canonical`/`from_canonical` only flatten with "/" and check every name and shape against
 `spec.param_shapes`.  `forward` is the checked, full-precision, cached-jit entry for tests,
-parity and analysis; `apply` is the bare pure function for code that jits its own step.
+parity and analysis (with `patch=`); `apply` is the bare pure function for code that jits its
+own step.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 from flax import traverse_util
 
 from spec import TransformerConfig, check_params, check_tokens, intermediate_shapes, to_numpy
+from spec.patching import forward_plan
 
-from .capture import flatten_sown
+from .capture import coefficient_tree, flatten_sown, patch_functions
 from .model import Transformer
 
 Params = dict  # the Flax `params` tree: nested dicts of float32 arrays
@@ -89,38 +91,62 @@ def apply(params: Params, config: TransformerConfig, src: jax.Array, tgt: jax.Ar
                                      rngs=rngs)
 
 
-@functools.lru_cache(maxsize=64)
-def _forward_fn(config: TransformerConfig, capture: bool, deterministic: bool):
-    """One jitted forward per (config, capture, deterministic); config is a frozen dataclass."""
+def forward_body(config: TransformerConfig, capture: bool, deterministic: bool):
+    """The pure forward `run(params, src, tgt, rng, patch_tree)` behind `forward`; `patch_tree`
+    is the `patch` collection (capture.coefficient_tree) or None."""
     model = Transformer(config)
 
-    def run(params, src, tgt, rng):
+    def run(params, src, tgt, rng, patch_tree):
         rngs = None if deterministic else {"dropout": rng}
+        variables = {"params": params, **({"patch": patch_tree} if patch_tree else {})}
         if not capture:
-            return model.apply({"params": params}, src, tgt, deterministic=deterministic,
-                               rngs=rngs), {}
-        logits, state = model.apply({"params": params}, src, tgt, deterministic=deterministic,
+            return model.apply(variables, src, tgt, deterministic=deterministic, rngs=rngs), {}
+        logits, state = model.apply(variables, src, tgt, deterministic=deterministic,
                                     rngs=rngs, mutable=["intermediates"])
         return logits, flatten_sown(state["intermediates"])
 
-    return jax.jit(run)
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_fn(config: TransformerConfig, capture: bool, deterministic: bool):
+    """One jitted forward per (config, capture, deterministic); config is a frozen dataclass.
+    Intervention coefficients are arguments, so jit retraces only for new names or shapes."""
+    return jax.jit(forward_body(config, capture, deterministic))
+
+
+def traced_with(fns: Mapping, run):
+    """`run` with patch functions open while it is traced (jit it: one compile per call)."""
+    def traced(*args):
+        with patch_functions(fns):
+            return run(*args)
+    return traced
 
 
 def forward(params: Params, config: TransformerConfig, src: object, tgt: object,
-            capture: bool = True, deterministic: bool = True, rng: object = None
-            ) -> tuple[jax.Array, dict[str, np.ndarray]]:
+            capture: bool = True, patch: Mapping | None = None, deterministic: bool = True,
+            rng: object = None) -> tuple[jax.Array, dict[str, np.ndarray]]:
     """Checked forward at full float32 matmul precision.
 
     `src [b, s]`, `tgt [b, t]` integer ids (numpy, jax or torch; tgt starts with bos) ->
     `(logits [b, t, v] jax array, {canonical_name: np.ndarray})`, the dict in execution order
-    and empty when `capture=False`.  Dropout only with `deterministic=False` and an `rng`."""
+    and empty when `capture=False`.  Dropout only with `deterministic=False` and an `rng`.
+
+    `patch` maps canonical names to jnp functions of the value (same shape back) or to
+    `spec.interventions.Intervention`s, applied where each value is made (jax_model/capture.py
+    `tap`).  Interventions are jit arguments (a sweep compiles once per set of names and
+    shapes); a mapping with functions is traced and compiled anew on each call."""
     check_config(config)
     src_np, tgt_np = check_tokens(src, tgt, config)
+    fns, coeffs = forward_plan(patch, config, *src_np.shape, tgt_np.shape[1])
     key = dropout_key(rng, deterministic)
-    fn = _forward_fn(config, bool(capture), bool(deterministic))
+    if fns:
+        fn = jax.jit(traced_with(fns, forward_body(config, bool(capture), bool(deterministic))))
+    else:
+        fn = _forward_fn(config, bool(capture), bool(deterministic))
     with jax.default_matmul_precision("highest"):
         logits, raw = fn(params, jnp.asarray(src_np, jnp.int32), jnp.asarray(tgt_np, jnp.int32),
-                         key)
+                         key, coefficient_tree(coeffs) if coeffs else None)
     order = intermediate_shapes(config, src_np.shape[0], src_np.shape[1], tgt_np.shape[1])
     names = [n for n in order if n in raw] + [n for n in raw if n not in order]
     return logits, {name: np.asarray(raw[name]) for name in names}

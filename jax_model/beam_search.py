@@ -31,17 +31,20 @@ import numpy as np
 from jax import lax
 
 from spec import TransformerConfig
+from spec.patching import decode_plan
 
-from .api import Params
+from .api import Params, traced_with
 from .decoding import (
     capture_buffers,
     check_decode_inputs,
     check_positive_int,
     decode_step,
+    encode,
     greedy_decode,
     record,
     run_search,
     start_cache,
+    step_patch,
 )
 from .model import Transformer
 
@@ -61,9 +64,9 @@ def gather_beams(x: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, index, axis=1)
 
 
-@functools.lru_cache(maxsize=32)
-def _beam_fn(config: TransformerConfig, beams: int, max_len: int, alpha: float,
-             early_stopping: bool | str, capture: bool):
+def beam_body(config: TransformerConfig, beams: int, max_len: int, alpha: float,
+              early_stopping: bool | str, capture: bool):
+    """The pure search `run(params, src, coeffs) -> (best [b, max_len], steps, buffers)`."""
     model = Transformer(config)
     vocab, keep = config.tgt_vocab_size, 2 * beams           # HF: max(2, 1 + n_eos) * beams
     penalty = jnp.asarray(length_penalties(max_len, alpha))  # [max_len + 1]
@@ -72,18 +75,18 @@ def _beam_fn(config: TransformerConfig, beams: int, max_len: int, alpha: float,
     heuristic_at_max = early_stopping == "never" and alpha > 0.0
     top_k_mask = jnp.arange(keep) < beams                     # [2K]: only the first K can finish
 
-    def run(params: Params, src: jax.Array):
+    def run(params: Params, src: jax.Array, coeffs: dict):
         b = src.shape[0]
         rows = b * beams
-        encoded = model.apply({"params": params}, src, method=Transformer.encode)  # [b, s, m]
+        encoded = encode(model, params, src, coeffs)                           # [b, s, m]
         encoded = jnp.repeat(encoded, beams, axis=0)    # [b*K, s, m], row = batch * K + beam
         src_k = jnp.repeat(src, beams, axis=0)          # [b*K, s]
         cache = start_cache(model, params, encoded, src_k, max_len)
         first = jnp.full((rows,), config.bos_id, jnp.int32)
         buffers = {}
         if capture:
-            shapes = jax.eval_shape(lambda c: decode_step(model, params, c, encoded, src_k,
-                                                          first, True)[2], cache)
+            shapes = jax.eval_shape(lambda c: decode_step(
+                model, params, c, encoded, src_k, first, True, step_patch(coeffs, 0))[2], cache)
             buffers = capture_buffers(shapes, max_len)
         state = dict(
             step=jnp.array(0, jnp.int32),   # tokens generated so far (HF cur_len - 1)
@@ -102,7 +105,8 @@ def _beam_fn(config: TransformerConfig, beams: int, max_len: int, alpha: float,
         def body(s: dict) -> dict:
             t = s["step"]
             logits, cache, inter = decode_step(model, params, s["cache"], encoded, src_k,
-                                               s["last"], capture)           # [b*K, V]
+                                               s["last"], capture, step_patch(coeffs, t))
+            # logits [b*K, V]
             log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
             log_probs = log_probs.reshape(b, beams, vocab) + s["running_scores"][:, :, None]
             log_probs = log_probs.reshape(b, beams * vocab)                   # [b, K*V]
@@ -158,15 +162,22 @@ def _beam_fn(config: TransformerConfig, beams: int, max_len: int, alpha: float,
         out = lax.while_loop(lambda s: ~s["done"], body, state)
         return out["finished_seqs"][:, 0], out["step"], out["buffers"]
 
-    return jax.jit(run)
+    return run
+
+
+@functools.lru_cache(maxsize=32)
+def _beam_fn(config: TransformerConfig, beams: int, max_len: int, alpha: float,
+             early_stopping: bool | str, capture: bool):
+    return jax.jit(beam_body(config, beams, max_len, alpha, early_stopping, capture))
 
 
 def beam_search(params: Params, config: TransformerConfig, src: object, beam_size: int,
                 max_len: int, alpha: float = 1.0, early_stopping: bool | str = False,
-                capture: bool = False):
+                capture: bool = False, patch=None):
     """HF-identical beam search: `src [b, s]` -> best hypothesis per row `[b, max_len]` (numpy
     int32; eos included, pad after), or `(tokens, {name: [steps, b * beam_size, ...]})` with
     `capture=True`.  `alpha` is HF's `length_penalty`; `early_stopping` True, False or "never".
+    `patch` as in `greedy_decode`; a per-example batch axis of a coefficient is repeated per beam.
     """
     beam_size = check_positive_int("beam_size", beam_size)
     src_np = check_decode_inputs(config, src, max_len)
@@ -176,6 +187,8 @@ def beam_search(params: Params, config: TransformerConfig, src: object, beam_siz
                for v in EARLY_STOPPING):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     if beam_size == 1:  # generate(num_beams=1) is greedy search
-        return greedy_decode(params, config, src_np, max_len, capture=capture)
-    fn = _beam_fn(config, beam_size, int(max_len), float(alpha), early_stopping, bool(capture))
-    return run_search(fn, params, src_np, capture)
+        return greedy_decode(params, config, src_np, max_len, patch=patch, capture=capture)
+    fns, coeffs = decode_plan(patch, config, *src_np.shape, int(max_len), beam_size)
+    args = (config, beam_size, int(max_len), float(alpha), early_stopping, bool(capture))
+    fn = jax.jit(traced_with(fns, beam_body(*args))) if fns else _beam_fn(*args)
+    return run_search(fn, params, src_np, capture, coeffs)

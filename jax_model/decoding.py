@@ -12,6 +12,13 @@ position under their canonical names with a leading step axis, e.g. self-attenti
 position are 0, as in torch_model) and cross-attention weights `[steps, b, h, 1, s]`.  The
 attention keys/values (`{attn}/k`, `{attn}/v`) are left out: they are the whole cache at every
 step, too large to keep per step.
+
+`patch` (as in `forward`) is applied at every step (spec/patching.py): interventions are jit
+arguments, the decoder's cut to the step's query position with `lax.dynamic_index_in_dim`
+(the self-attention key axis keeps all `max_len` cache slots; unwritten ones are masked);
+functions see one step's value, except the decoder self-attention k/v, whose value is the
+whole cache `[rows, h, max_len, d]`.  Caches hold raw projections, so a patched decode equals
+patched full forwards on its own prefix.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import numpy as np
 from jax import lax
 
 from spec import TransformerConfig, check_tokens
+from spec.interventions import position_axis
+from spec.patching import decode_plan, decode_rule, in_decoder
 
-from .api import Params, check_config
-from .capture import flatten_sown
+from .api import Params, check_config, traced_with
+from .capture import coefficient_tree, flatten_sown, patch_functions
 from .model import Transformer
 
 
@@ -58,18 +67,51 @@ def start_cache(model: Transformer, params: Params, encoded: jax.Array, src: jax
     """Create the decode cache: self-attention slots for `max_len` positions (zeros), the
     cross-attention keys/values projected once from `encoded`, every cache index at 0."""
     dummy = jnp.full((src.shape[0], max_len), model.config.pad_id, jnp.int32)  # [b, max_len]
-    _, state = model.apply({"params": params}, encoded, src, dummy, decode=True,
-                           method=Transformer.decode, mutable=["cache"])
+    with patch_functions(None):  # the creating call's outputs are thrown away: patch nothing
+        _, state = model.apply({"params": params}, encoded, src, dummy, decode=True,
+                               method=Transformer.decode, mutable=["cache"])
     return state["cache"]
 
 
+def with_patch(params: Params, tree: dict | None, **collections) -> dict:
+    """The variables of one apply: params, other collections, and `patch` when there is one."""
+    return {"params": params, **collections, **({"patch": tree} if tree else {})}
+
+
+def encoder_patch(coeffs: dict) -> dict | None:
+    """The `patch` collection of the one encoder pass (full-shape coefficients)."""
+    part = {n: c for n, c in coeffs.items() if not in_decoder(n)}
+    return coefficient_tree(part) if part else None
+
+
+def step_patch(coeffs: dict, step: jax.Array) -> dict | None:
+    """The `patch` collection of the decode step feeding query position `step` (traced)."""
+    part = {}
+    for name, pair in coeffs.items():
+        if not in_decoder(name):
+            continue
+        if decode_rule(name) == "step":
+            axis = position_axis(name)
+            pair = tuple(lax.dynamic_index_in_dim(x, step, axis, keepdims=True)
+                         if x.ndim and x.shape[axis] != 1 else x for x in pair)
+        part[name] = pair
+    return coefficient_tree(part) if part else None
+
+
+def encode(model: Transformer, params: Params, src: jax.Array, coeffs: dict) -> jax.Array:
+    """`[b, s]` -> encoder output `[b, s, m]`, with the encoder's interventions."""
+    return model.apply(with_patch(params, encoder_patch(coeffs)), src,
+                       method=Transformer.encode)
+
+
 def decode_step(model: Transformer, params: Params, cache: dict, encoded: jax.Array,
-                src: jax.Array, tokens: jax.Array, capture: bool
+                src: jax.Array, tokens: jax.Array, capture: bool, patch: dict | None = None
                 ) -> tuple[jax.Array, dict, dict[str, jax.Array]]:
     """Feed one token per row (`[b]`) at the cache index: -> logits `[b, v]`, the updated
-    cache, and (capture) this step's intermediates `{name: [b, ...]}`."""
+    cache, and (capture) this step's intermediates `{name: [b, ...]}`; `patch` is the step's
+    `patch` collection (`step_patch`)."""
     mutable = ["cache", "intermediates"] if capture else ["cache"]
-    logits, state = model.apply({"params": params, "cache": cache}, encoded, src,
+    logits, state = model.apply(with_patch(params, patch, cache=cache), encoded, src,
                                 tokens[:, None], decode=True, method=Transformer.decode,
                                 mutable=mutable)
     inter = {}
@@ -99,19 +141,19 @@ def finish_capture(buffers: dict, steps: int) -> dict[str, np.ndarray]:
     return out
 
 
-@functools.lru_cache(maxsize=32)
-def _greedy_fn(config: TransformerConfig, max_len: int, capture: bool):
+def greedy_body(config: TransformerConfig, max_len: int, capture: bool):
+    """The pure search `run(params, src, coeffs) -> (tokens, steps, buffers)`."""
     model = Transformer(config)
 
-    def run(params: Params, src: jax.Array):
+    def run(params: Params, src: jax.Array, coeffs: dict):
         b = src.shape[0]
-        encoded = model.apply({"params": params}, src, method=Transformer.encode)  # [b, s, m]
+        encoded = encode(model, params, src, coeffs)                           # [b, s, m]
         cache = start_cache(model, params, encoded, src, max_len)
         first = jnp.full((b,), config.bos_id, jnp.int32)
         buffers = {}
         if capture:
-            shapes = jax.eval_shape(lambda c: decode_step(model, params, c, encoded, src, first,
-                                                          True)[2], cache)
+            shapes = jax.eval_shape(lambda c: decode_step(
+                model, params, c, encoded, src, first, True, step_patch(coeffs, 0))[2], cache)
             buffers = capture_buffers(shapes, max_len)
         state = dict(
             step=jnp.array(0, jnp.int32),
@@ -125,7 +167,7 @@ def _greedy_fn(config: TransformerConfig, max_len: int, capture: bool):
 
         def body(s: dict) -> dict:
             logits, cache, inter = decode_step(model, params, s["cache"], encoded, src,
-                                               s["last"], capture)
+                                               s["last"], capture, step_patch(coeffs, s["step"]))
             # finished rows emit pad (HF: next * unfinished + pad * (1 - unfinished))
             token = jnp.where(s["finished"], config.pad_id,
                               jnp.argmax(logits, axis=-1).astype(jnp.int32))   # [b]
@@ -138,22 +180,34 @@ def _greedy_fn(config: TransformerConfig, max_len: int, capture: bool):
         out = lax.while_loop(lambda s: ~s["done"], body, state)
         return out["tokens"], out["step"], out["buffers"]
 
-    return jax.jit(run)
+    return run
+
+
+@functools.lru_cache(maxsize=32)
+def _greedy_fn(config: TransformerConfig, max_len: int, capture: bool):
+    return jax.jit(greedy_body(config, max_len, capture))
 
 
 def greedy_decode(params: Params, config: TransformerConfig, src: object, max_len: int,
-                  capture: bool = False):
+                  patch=None, capture: bool = False):
     """Greedy search: `src [b, s]` -> tokens `[b, max_len]` (numpy int32), or
-    `(tokens, {name: [steps, b, ...]})` with `capture=True`."""
+    `(tokens, {name: [steps, b, ...]})` with `capture=True`; `patch` as in `forward`, applied
+    at every step (module docstring)."""
     src_np = check_decode_inputs(config, src, max_len)
-    return run_search(_greedy_fn(config, int(max_len), bool(capture)), params, src_np, capture)
+    fns, coeffs = decode_plan(patch, config, *src_np.shape, int(max_len))
+    if fns:
+        fn = jax.jit(traced_with(fns, greedy_body(config, int(max_len), bool(capture))))
+    else:
+        fn = _greedy_fn(config, int(max_len), bool(capture))
+    return run_search(fn, params, src_np, capture, coeffs)
 
 
-def run_search(fn, params, src_np: np.ndarray, capture: bool):
-    """Run a jitted search `fn(params, src) -> (tokens, steps, buffers)` at full precision:
-    tokens as numpy, plus the per-step capture cut to the steps actually run."""
+def run_search(fn, params, src_np: np.ndarray, capture: bool, coeffs: dict):
+    """Run a jitted search `fn(params, src, coeffs) -> (tokens, steps, buffers)` at full
+    precision: tokens as numpy, plus the per-step capture cut to the steps actually run."""
+    coeffs = {n: (jnp.asarray(a), jnp.asarray(b)) for n, (a, b) in coeffs.items()}
     with jax.default_matmul_precision("highest"):
-        tokens, steps, buffers = fn(params, jnp.asarray(src_np, jnp.int32))
+        tokens, steps, buffers = fn(params, jnp.asarray(src_np, jnp.int32), coeffs)
     tokens = np.asarray(tokens)
     if capture:
         return tokens, finish_capture(buffers, int(steps))

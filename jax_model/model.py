@@ -1,5 +1,6 @@
 """The encoder-decoder Transformer as Flax linen modules, named so that the params tree IS the
-canonical parameter set and every sow lands on a canonical intermediate name.
+canonical parameter set and every `tap` (patch, perturb, sow: jax_model/capture.py) lands on a
+canonical intermediate name.
 
 Shapes: b batch, s source length, t target length, l either, h heads, d head dim, m d_model,
 f d_ff, v vocabulary.  Dropout (training only, `deterministic=False` with a "dropout" rng)
@@ -34,6 +35,7 @@ from .attention import (
     prefix_mask,
     weighted_values,
 )
+from .capture import tap
 
 # Xavier/Glorot for every projection (the Annotated Transformer), zero biases; token tables
 # N(0, 1/m) so that tokens * sqrt(m) have unit variance (tensor2tensor).
@@ -89,7 +91,7 @@ class Embed(nn.Module):
         cfg = self.config
         if cfg.scale_embeddings:
             vectors = vectors * math.sqrt(cfg.d_model)
-        self.sow("intermediates", "tokens", vectors)
+        vectors = tap(self, "tokens", vectors)
         # in the vectors' dtype, so a bfloat16 params tree computes in bfloat16 throughout
         table = jnp.asarray(position_table(cfg.max_len, cfg.d_model, cfg.positional_layout),
                             dtype=vectors.dtype)
@@ -102,8 +104,7 @@ class Embed(nn.Module):
                 index.value = index.value + 1
         x = nn.Dropout(cfg.dropout_rate, name="dropout")(vectors + positions,
                                                          deterministic=deterministic)
-        self.sow("intermediates", "output", x)
-        return x
+        return tap(self, "output", x)
 
 
 class LayerNorm(nn.Module):
@@ -119,19 +120,18 @@ class LayerNorm(nn.Module):
         m = self.config.d_model
         scale = self.param("scale", nn.initializers.ones, (m,))
         bias = self.param("bias", nn.initializers.zeros, (m,))
-        self.sow("intermediates", "input", x)
+        x = tap(self, "input", x)
         mean = jnp.mean(x, axis=-1, keepdims=True)                      # [b, l, 1]
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)    # [b, l, 1]
         y = (x - mean) * lax.rsqrt(var + self.config.layer_norm_eps) * scale + bias
-        self.sow("intermediates", "output", y)
-        return y
+        return tap(self, "output", y)
 
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with Dense `query`, `key`, `value`, `out` ([m, m] kernels).
 
     Head i owns columns i*d:(i+1)*d of the query/key/value kernels.  Sows q, k, v, scores
-    (before masking), weights and context (before dropout) and output.  `cross=True` attends
+    (before masking), weights and context (before dropout) and output, each where it is made.  `cross=True` attends
     to `memory` (the encoder output); in decode mode its keys/values are projected once, at
     cache creation.  Self-attention in decode mode appends one key/value per call."""
 
@@ -148,7 +148,7 @@ class MultiHeadAttention(nn.Module):
             return y.reshape(y.shape[0], y.shape[1], h, d).transpose(0, 2, 1, 3)
 
         key_proj, value_proj = dense(cfg.d_model, "key"), dense(cfg.d_model, "value")
-        q = split(dense(cfg.d_model, "query")(x))
+        q = tap(self, "q", split(dense(cfg.d_model, "query")(x)))
         if not self.cross:
             k, v = split(key_proj(x)), split(value_proj(x))
             if decode:
@@ -161,18 +161,15 @@ class MultiHeadAttention(nn.Module):
                 self.put_variable("cache", "cached_key", k)
                 self.put_variable("cache", "cached_value", v)
 
-        scores = attention_scores(q, k)                 # [b, h, q, k]
-        weights = masked_softmax(scores, mask)          # [b, h, q, k]
+        k, v = tap(self, "k", k), tap(self, "v", v)                     # [b, h, k, d]
+        scores = tap(self, "scores", attention_scores(q, k))           # [b, h, q, k]
+        weights = tap(self, "weights", masked_softmax(scores, mask))   # [b, h, q, k]
         dropped = nn.Dropout(cfg.attention_dropout_rate, name="weights_dropout")(
             weights, deterministic=deterministic)
-        context = weighted_values(dropped, v)          # [b, h, q, d]
+        context = tap(self, "context", weighted_values(dropped, v))    # [b, h, q, d]
         b, _, lq, _ = context.shape
         merged = context.transpose(0, 2, 1, 3).reshape(b, lq, cfg.d_model)  # head i -> cols i*d
-        output = dense(cfg.d_model, "out")(merged)      # [b, q, m]
-        for name, value in (("q", q), ("k", k), ("v", v), ("scores", scores),
-                            ("weights", weights), ("context", context), ("output", output)):
-            self.sow("intermediates", name, value)
-        return output
+        return tap(self, "output", dense(cfg.d_model, "out")(merged))  # [b, q, m]
 
     def _append_to_cache(self, k: jax.Array, v: jax.Array, mask: jax.Array
                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -203,13 +200,9 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        pre = dense(cfg.d_ff, "w1")(x)                    # [b, l, f]
-        act = ACTIVATIONS[cfg.activation](pre)            # [b, l, f]
-        out = dense(cfg.d_model, "w2")(act)               # [b, l, m]
-        self.sow("intermediates", "pre_activation", pre)
-        self.sow("intermediates", "activation", act)
-        self.sow("intermediates", "output", out)
-        return out
+        pre = tap(self, "pre_activation", dense(cfg.d_ff, "w1")(x))     # [b, l, f]
+        act = tap(self, "activation", ACTIVATIONS[cfg.activation](pre))  # [b, l, f]
+        return tap(self, "output", dense(cfg.d_model, "w2")(act))      # [b, l, m]
 
 
 def residual(config: TransformerConfig, name: str, sublayer: Callable[[jax.Array], jax.Array],
@@ -273,8 +266,7 @@ class Encoder(nn.Module):
             x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
         if cfg.norm_position == "pre":
             x = LayerNorm(cfg, name="final_norm")(x)
-        self.sow("intermediates", "output", x)
-        return x
+        return tap(self, "output", x)
 
 
 class OutputProjection(nn.Module):
@@ -317,8 +309,7 @@ class Decoder(nn.Module):
                                                      deterministic=deterministic, decode=decode)
         if cfg.norm_position == "pre":
             x = LayerNorm(cfg, name="final_norm")(x)
-        self.sow("intermediates", "output", x)
-        return self.projection(x, table)  # [b, t, v]
+        return self.projection(tap(self, "output", x), table)  # [b, t, v]
 
 
 class Transformer(nn.Module):
@@ -349,8 +340,7 @@ class Transformer(nn.Module):
         """Encoder output, its source ids (for the padding mask) and `[b, t]` decoder input ->
         logits `[b, t, v]`; sows `logits`."""
         logits = self.decoder(encoded, src, tgt, deterministic=deterministic, decode=decode)
-        self.sow("intermediates", "logits", logits)
-        return logits
+        return tap(self, "logits", logits)
 
     def __call__(self, src: jax.Array, tgt: jax.Array, deterministic: bool = True) -> jax.Array:
         return self.decode(self.encode(src, deterministic), src, tgt, deterministic)

@@ -27,7 +27,7 @@ from spec import (  # noqa: E402
     param_shapes,
 )
 
-from . import runners, tolerances  # noqa: E402
+from . import interventions, runners, tolerances  # noqa: E402
 from .batch import make_batch  # noqa: E402
 from .report import Check, compare, compare_tokens, format_table, interleave, write_json  # noqa: E402
 
@@ -174,7 +174,10 @@ SECTIONS: dict[str, Callable[[TransformerConfig, dict, dict], list[Check]]] = {
     "decoding": decoding,
     "optimizer": optimizer_steps,
     "marian": marian,
+    "interventions": interventions.full,
 }
+# what a run without --section uses instead of a section's full set (the 30 s budget)
+DEFAULT_RUN = {"interventions": interventions.quick}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -208,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     checks: list[Check] = []
     for name in args.section or list(SECTIONS):
-        checks += SECTIONS[name](config, flat, batch)
+        run = SECTIONS[name] if args.section else DEFAULT_RUN.get(name, SECTIONS[name])
+        checks += run(config, flat, batch)
     if args.only:
         checks = [c for c in checks if fnmatch.fnmatchcase(c.name, args.only)
                   or fnmatch.fnmatchcase(c.name, f"*{args.only}*")]

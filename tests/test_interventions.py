@@ -44,7 +44,7 @@ def make(kind, flat=FLAT, config=CONFIG):
     return HFAdapter(hf_bridge.TransformerLabForConditionalGeneration.from_canonical(flat, config))
 
 
-KINDS = ["torch"]
+KINDS = ["torch", "jax", "hf"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -194,10 +194,10 @@ def test_an_identity_patch_leaves_decoding_unchanged(adapter, clean):
     full = clean[1]
     name = "encoder/layer_0/self_attn/output"
     for beams in (1, 3):
-        same = adapter.decode(SRC, 6, beam_size=beams, alpha=0.8,
+        same = adapter.decode(SRC, 5, beam_size=beams, alpha=0.8,
                               interventions=[iv.patch_from(name, full[name]),
                                              iv.scale("decoder/layer_1/ffn/output", 1.0)])
-        np.testing.assert_array_equal(same, adapter.decode(SRC, 6, beam_size=beams, alpha=0.8))
+        np.testing.assert_array_equal(same, adapter.decode(SRC, 5, beam_size=beams, alpha=0.8))
 
 
 def test_torch_forward_patch_takes_functions_and_checks_their_shapes():
@@ -219,3 +219,173 @@ def test_torch_forward_patch_takes_functions_and_checks_their_shapes():
     torch_model.greedy_decode(model, SRC, 3, patch={
         "decoder/layer_0/self_attn/context": lambda v: seen.append(tuple(v.shape)) or v})
     assert seen[0] == (3, 4, 1, 8)
+
+
+# -- the same numbers in every implementation --------------------------------------------------
+@pytest.fixture(scope="module")
+def reference():
+    return make("torch")
+
+
+def every_kind(corrupt_inter):
+    """One intervention of each builder kind, with head, position and key selections."""
+    vector = np.linspace(-2, 2, CONFIG.d_model).astype(np.float32)
+    return [
+        iv.zero_ablate("encoder/layer_0/self_attn/weights", heads=[1], positions=[2],
+                       keys=[0, 3]),
+        iv.mean_ablate("encoder/layer_1/ffn/activation",
+                       corrupt_inter["encoder/layer_1/ffn/activation"], positions=[1]),
+        iv.resample_ablate("decoder/layer_0/cross_attn/v",
+                           corrupt_inter["decoder/layer_0/cross_attn/v"], seed=1, heads=[0, 2]),
+        iv.patch_from("decoder/layer_1/self_attn/context",
+                      corrupt_inter["decoder/layer_1/self_attn/context"], heads=[3],
+                      positions=[1, 4]),
+        iv.scale("decoder/layer_0/self_attn/scores", 3.0, heads=[2], keys=[0]),
+        iv.add("decoder/layer_1/ffn_norm/output", vector, positions=[3]),
+        iv.zero_ablate("decoder/layer_1/self_attn/k", heads=[1], positions=[0]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def kinds(reference):
+    return every_kind(reference.run(CORRUPT_SRC, TGT)[1])
+
+
+@pytest.mark.parametrize("kind", ["jax", "hf"])
+def test_every_kind_gives_the_same_downstream_values_everywhere(kind, reference, kinds):
+    other = make(kind)
+    want_logits, want = reference.run(SRC, TGT, kinds)
+    logits, got = other.run(SRC, TGT, kinds)
+    assert normalised(logits, want_logits) < TOL
+    assert list(got) == list(want)
+    bad = {n: normalised(got[n], want[n]) for n in want if normalised(got[n], want[n]) >= TOL}
+    assert not bad
+    plain, _ = reference.run(SRC, TGT, capture=False)
+    assert normalised(plain, want_logits) > 1e-3  # the interventions do change the output
+
+
+@pytest.mark.parametrize("kind", ["jax", "hf"])
+def test_intermediate_gradients_agree_for_every_name(kind, reference, kinds):
+    metric = iv.loss_metric(LABELS, CONFIG.tgt_vocab_size, CONFIG.pad_id)
+    want_value, want = reference.intermediate_grads(SRC, TGT, metric, interventions=kinds[:3])
+    value, got = make(kind).intermediate_grads(SRC, TGT, metric, interventions=kinds[:3])
+    assert abs(value - want_value) < TOL
+    assert list(got) == list(want)
+    bad = {n: normalised(got[n], want[n]) for n in want if normalised(got[n], want[n]) >= TOL}
+    assert not bad
+    # a pre-LN norm input is also the residual stream; its gradient counts the norm path only
+    config = spec.TransformerConfig.preset("tiny", norm_position="pre")
+    flat = random_flat(config, seed=5)
+    names = ["decoder/layer_0/ffn_norm/input", "encoder/embed/output"]
+    _, want = make("torch", flat, config).intermediate_grads(SRC, TGT, metric, names=names)
+    _, got = make(kind, flat, config).intermediate_grads(SRC, TGT, metric, names=names)
+    assert all(normalised(got[n], want[n]) < TOL for n in names)
+
+
+@pytest.mark.parametrize("kind", ["jax", "hf"])
+def test_metric_sweeps_agree(kind, reference, kinds):
+    metric = iv.logit_diff(3, 5, CONFIG.tgt_vocab_size, position=2, correct=5, wrong=[6, 7, 8])
+    sweep = [[k] for k in kinds[:2]] + [[iv.zero_ablate("decoder/layer_0/self_attn/context",
+                                                        heads=[h])] for h in range(4)]
+    want = reference.metric_under(SRC, TGT, metric, sweep)
+    got = make(kind).metric_under(SRC, TGT, metric, sweep)
+    assert normalised(got, want) < TOL
+
+
+@pytest.mark.parametrize("kind", ["jax", "hf"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_patched_decoding_agrees(kind, beams, reference, kinds):
+    want = reference.decode(SRC, 5, beam_size=beams, alpha=0.8, interventions=kinds)
+    got = make(kind).decode(SRC, 5, beam_size=beams, alpha=0.8, interventions=kinds)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(want, reference.decode(SRC, 5, beam_size=beams, alpha=0.8))
+
+
+# -- jax specifics -------------------------------------------------------------------------------
+def test_jax_patch_functions_and_their_errors():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    import jax_model
+
+    params = jax_model.from_canonical(FLAT, CONFIG)
+    name = "decoder/layer_0/ffn/activation"
+    by_fn, _ = jax_model.forward(params, CONFIG, SRC, TGT, capture=False,
+                                 patch={name: lambda v: 2 * v})
+    by_spec, _ = jax_model.forward(params, CONFIG, SRC, TGT, capture=False,
+                                   patch={name: iv.scale(name, 2.0)})
+    np.testing.assert_array_equal(np.asarray(by_fn), np.asarray(by_spec))
+    with pytest.raises(ValueError, match=f"patch for {name} returned"):
+        jax_model.forward(params, CONFIG, SRC, TGT, patch={name: lambda v: v[:, :1]})
+    with pytest.raises(ValueError, match="'decoder/layer_0/ffn/act'"):
+        jax_model.forward(params, CONFIG, SRC, TGT, patch={"decoder/layer_0/ffn/act": jnp.abs})
+    seen = []
+    jax_model.greedy_decode(params, CONFIG, SRC, 3, patch={
+        "decoder/layer_0/self_attn/context": lambda v: seen.append(v.shape) or v})
+    assert seen and set(seen) == {(3, 4, 1, 8)}  # traced on one step's value
+    del jax
+
+
+def test_jax_capture_off_and_patch_off_add_no_operation():
+    jax = pytest.importorskip("jax")
+    import jax_model
+    from jax_model.api import forward_body
+    from jax_model.capture import coefficient_tree
+
+    params = jax_model.from_canonical(FLAT, CONFIG)
+
+    def eqns(capture, tree):
+        body = forward_body(CONFIG, capture, True)
+        jaxpr = jax.make_jaxpr(lambda p, s, t: body(p, s, t, None, tree))(params, SRC, TGT)
+        return [str(e.primitive) for e in jaxpr.jaxpr.eqns]
+
+    bare = jax.make_jaxpr(lambda p, s, t: jax_model.apply(p, CONFIG, s, t))(params, SRC, TGT)
+    plain = eqns(False, None)
+    assert plain == [str(e.primitive) for e in bare.jaxpr.eqns]
+    assert eqns(True, None) == plain  # sowing adds outputs, no operation
+    name = "decoder/layer_0/ffn/activation"
+    tree = coefficient_tree({name: iv.scale(name, 2.0).coefficients((3, 5, 64))})
+    assert len(eqns(False, tree)) == len(plain) + 2  # one multiply, one add
+
+
+# -- the registry and the parity section -------------------------------------------------------
+def test_one_registry_names_every_implementation():
+    from spec import implementations as registry
+
+    assert registry.NAMES == ("jax", "torch", "hf")
+    assert [registry.canonical_name(a) for a in ("pytorch", "huggingface", "JAX")] == \
+        ["torch", "hf", "jax"]
+    with pytest.raises(ValueError, match="'mxnet'.*'jax', 'torch', 'hf'"):
+        registry.canonical_name("mxnet")
+    for name in registry.importable():
+        adapter = registry.from_canonical(name, FLAT, CONFIG)
+        assert adapter.name == name
+        assert isinstance(adapter, registry.Adapter)
+        assert registry.package_of(getattr(adapter, "model", None)) in (None, name)
+    from analysis.models import resolve_model
+
+    model = torch_model.Transformer(CONFIG).load_canonical(FLAT)
+    assert resolve_model(model).name == "torch"
+    assert resolve_model((FLAT, CONFIG)).name in registry.NAMES
+
+
+def test_a_decode_patch_is_checked_against_the_decode_length():
+    model = torch_model.Transformer(CONFIG).load_canonical(FLAT)
+    with pytest.raises(ValueError, match="positions \\[4\\] out of range"):
+        torch_model.greedy_decode(model, SRC, 3, patch={
+            "logits": iv.zero_ablate("logits", positions=[4])})
+    assert not torch_model.has_hooks(model)
+
+
+def test_the_parity_section_runs_clean():
+    pytest.importorskip("jax")
+    pytest.importorskip("transformers")
+    from parity import interventions
+    from parity.batch import make_batch
+
+    batch = make_batch(CONFIG, 0, 3, 7, 5)
+    checks = interventions.quick(CONFIG, FLAT, batch)
+    names = {c.name for c in checks}
+    assert {"patched/logits", "patched/encoder/layer_0/self_attn/weights"} <= names
+    assert {c.pair for c in checks} == {"torch~jax", "hf~jax"}
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok][:3]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spec import check_token_array, check_tokens, intermediate_shapes
+from spec import TransformerConfig, check_token_array, check_tokens, intermediate_shapes
 from spec.interventions import Intervention, Metric
 from spec.patching import as_patch, forward_plan
 
@@ -100,6 +100,11 @@ class TorchAdapter:
             raise ValueError(f"model must be a torch_model.Transformer, got {type(model).__name__}")
         self.model = model
         self.config = model.config
+
+    @classmethod
+    def from_canonical(cls, flat: dict, config: TransformerConfig) -> TorchAdapter:
+        """The registry's factory (spec.implementations)."""
+        return cls(Transformer(config).load_canonical(flat))
 
     def capture(self, src: object, tgt: object) -> dict[str, np.ndarray]:
         with torch.no_grad():
