@@ -7,7 +7,8 @@ positions after it) give exactly 0; attribution patching is exact where the metr
 in the site (the last residual stream); integrated gradients add up to f(x) - f(baseline) with
 a midpoint-rule error that shrinks like 1/N^2; the logit lens's last stage is the model's own
 log-probs; per-head direct logit attribution adds up to the logit difference; a head whose out
-projection is zero has ablation importance 0.  Then jax == torch for every analysis.
+projection is zero has ablation importance 0.  Then jax == torch for every analysis (slow:
+one JAX compilation per sweep shape; the fast suite runs the two smallest sweeps on jax).
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ def make_adapter(kind: str, flat: dict, config: TransformerConfig):
     jax_model = pytest.importorskip("jax_model")
     from jax_model.adapter import JaxAdapter
 
-    if not hasattr(JaxAdapter, "metric_under"):
-        pytest.skip("the JAX adapter's intervention API (branch interp) is not merged yet")
     return JaxAdapter(jax_model.from_canonical(flat, config), config)
 
 
@@ -84,9 +83,15 @@ def test_restoring_everything_downstream_reads_gives_one_and_zero(adapter, input
     assert noise[last]["scores"][0, 0] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_sweep_layout_and_causality(adapter, inputs):
+# the JAX variants of the bigger sweeps compile one vmapped forward per grid shape: slow here
+BOTH_SLOW_JAX = ["torch", pytest.param("jax", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("kind", BOTH_SLOW_JAX)
+def test_sweep_layout_and_causality(kind, inputs):
     clean, corrupt, tgt = inputs
-    cfg = adapter.config
+    cfg = tiny()
+    adapter = make_adapter(kind, random_params(cfg, 0), cfg)
     grids = patching.default_grids(cfg, S, T)
     assert [g.label for g in grids] == [
         "encoder/self_attn heads", "decoder/self_attn heads", "decoder/cross_attn heads",
@@ -118,7 +123,7 @@ def test_attribution_patching_is_exact_where_the_metric_is_linear(adapter, input
     assert agree["all"]["pearson"] > 0.5  # nonlinear sites: an approximation, not noise
 
 
-@pytest.mark.parametrize("kind", ["torch", "jax"])
+@pytest.mark.parametrize("kind", BOTH_SLOW_JAX)
 def test_integrated_gradients_completeness_and_causal_target_map(kind, inputs):
     # gelu: a smooth path, where the midpoint rule's error is O(1/N^2) (ReLU's kinks along
     # the path make it O(1/N): measured 0.108, 0.035, 0.010, 0.0066 for N = 8..64)
@@ -233,6 +238,7 @@ def _pair(inputs) -> CausalPair:
     return CausalPair(clean, corrupt, tgt, targets, P, 10, 11, names)
 
 
+@pytest.mark.slow
 def test_jax_and_torch_agree_on_every_analysis(inputs):
     cfg = tiny()
     flat = random_params(cfg, 0)
@@ -295,7 +301,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_interpret_command_writes_its_files(checkpoint, tmp_path):
     out = tmp_path / "interp"
     printed = run_main(["--version", "interpret", "--checkpoint", str(checkpoint),
-                        "--output_dir", str(out), "--backend", "torch", "--ig_steps", "4"])
+                        "--output_dir", str(out), "--backend", "torch", "--ig_steps", "2"])
     assert "three hundred and forty-two" in printed and "IG completeness error" in printed
     doc = json.loads((out / "interpret_report.json").read_text())
     assert [p["pair"]["corrupt"] for p in doc["pairs"]] == [
