@@ -6,6 +6,7 @@ on 0, so red / blue read the same in every panel of a figure.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,11 @@ DIVERGING = "RdBu_r"
 def _limit(arrays: Sequence[np.ndarray]) -> float:
     top = max((float(np.nanmax(np.abs(a))) for a in arrays if np.size(a)), default=0.0)
     return top if top > 0 else 1.0
+
+
+def _wrap(title: str, fig: Figure) -> str:
+    """Break a long title to the figure's width (about 15 characters per inch at 9 pt)."""
+    return "\n".join(textwrap.wrap(title, max(40, int(fig.get_figwidth() * 15))))
 
 
 def _signed(ax, fig, grid: np.ndarray, vmax: float, annotate: bool):
@@ -49,7 +55,7 @@ def head_grids_figure(grids: dict[str, np.ndarray], title: str) -> Figure:
         ax.set_xlabel("head", fontsize=8)
         ax.set_title(label, fontsize=8)
     fig.colorbar(im, ax=list(axes), shrink=0.8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, fig), fontsize=9)
     return fig
 
 
@@ -75,7 +81,7 @@ def position_grids_figure(grids: dict[str, np.ndarray], tokens: dict[str, list[s
         _ticks(ax, labels, [f"layer {i}" for i in range(grid.shape[0])])
         ax.set_title(label, fontsize=8)
     fig.colorbar(im, ax=list(axes), shrink=0.6, aspect=30)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, fig), fontsize=9)
     return fig
 
 
@@ -131,7 +137,7 @@ def attribution_figure(maps: dict[str, np.ndarray], src_tokens: list[str],
         ax.set_title(name, fontsize=8)
     axes[0].set_ylabel("generated token", fontsize=8)
     fig.colorbar(im, ax=list(axes), shrink=0.8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, fig), fontsize=9)
     return fig
 
 
