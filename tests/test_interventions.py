@@ -64,11 +64,12 @@ def corrupt(adapter):
 
 def test_patching_a_value_with_itself_changes_nothing(adapter, clean):
     logits, inter = clean
-    for name in ("encoder/layer_1/self_attn/weights", "decoder/layer_0/cross_attn/context",
-                 "decoder/layer_1/ffn_norm/input", "logits"):
-        out, got = adapter.run(SRC, TGT, [iv.patch_from(name, inter[name])])
-        np.testing.assert_array_equal(out, logits)
-        np.testing.assert_array_equal(got[name], inter[name])
+    names = ("encoder/layer_1/self_attn/weights", "decoder/layer_0/cross_attn/context",
+             "decoder/layer_1/ffn_norm/input", "logits")
+    out, got = adapter.run(SRC, TGT, [iv.patch_from(name, inter[name]) for name in names])
+    # exact on CPU; 1e-6 leaves room for a compiler that fuses the patched program differently
+    assert normalised(out, logits) < 1e-6
+    assert all(normalised(got[name], inter[name]) < 1e-6 for name in inter)
 
 
 def test_replacing_every_site_with_the_corrupted_run_reproduces_its_logits(adapter, clean,
@@ -389,3 +390,15 @@ def test_the_parity_section_runs_clean():
     assert {"patched/logits", "patched/encoder/layer_0/self_attn/weights"} <= names
     assert {c.pair for c in checks} == {"torch~jax", "hf~jax"}
     assert all(c.ok for c in checks), [c for c in checks if not c.ok][:3]
+
+
+def test_jax_sweeps_in_padded_chunks_give_the_same_numbers(monkeypatch, reference):
+    pytest.importorskip("jax")
+    import jax_model.adapter
+
+    monkeypatch.setattr(jax_model.adapter, "SWEEP_CHUNK", 3)  # 4 lists: a full chunk, a padded one
+    metric = iv.target_logprob(LABELS, CONFIG.tgt_vocab_size, CONFIG.pad_id)
+    sweep = [[iv.zero_ablate("encoder/layer_1/self_attn/context", heads=[h])] for h in range(4)]
+    sweep.insert(2, [])
+    got = make("jax").metric_under(SRC, TGT, metric, sweep)
+    assert normalised(got, reference.metric_under(SRC, TGT, metric, sweep)) < TOL
