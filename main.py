@@ -5,6 +5,7 @@
     python main.py --version huggingface --batch_size 8 --gradient_accumulation_steps 4
     python main.py --version analysis                  # a one-minute demo of the analysis tools
     python main.py --version analysis --checkpoint PATH   # inside a saved HF model (BART, ...)
+    python main.py --version interpret --checkpoint results_jax/final   # causal analyses
     MPLBACKEND=Agg python main.py --visualize          # headless plotting
 
 `python main.py --help` lists every flag.  The work is done in `lab_cli` (see its modules);
@@ -48,6 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for reason in result["skipped"]:
             print(f"  skipped {reason}")
         return 0
+    if args.version == "interpret":
+        from lab_cli import interpret
+
+        try:
+            return interpret.main(args)
+        except ValueError as e:  # bad flag values name their flag; anything else is a bug
+            if not str(e).startswith("argument "):
+                raise
+            build_parser().error(str(e).splitlines()[0])
     from lab_cli import configs
 
     try:

@@ -14,7 +14,11 @@ Modules: `inputs` (default targets, labels, masks), `attention` (entropy, patter
 direct logit effects), `gradients` (gradient flow, warnings), `diff` (cross-framework error
 statistics), `trace` (the `--debug` trace), `internals` (captures saved during training),
 `plots` / `visualizer` (figures), `html` (report.html), `schema` + `report_schema.json`
-(analysis_report.json), `outputs` (a whole run folder), `demo`.
+(analysis_report.json), `outputs` (a whole run folder), `demo`.  Causal analyses through the
+adapters' intervention API: `patching` (activation and attribution patching sweeps), `ablation`
+(head importance), `logit_lens`, `attribution` (saliency, input x gradient, integrated
+gradients), `causal` (all of them for one clean/corrupt pair: report and figures),
+`causal_plots`; `main.py --version interpret` runs them on a trained model.
 
 Evolution inputs: a list of `(step, {name: array})` pairs, or a run folder of
 `internals_step_<N>.npz` files read by `load_captures(folder)`.  Each file holds one optimizer

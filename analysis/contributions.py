@@ -20,6 +20,9 @@ reproduce the logits exactly (`reconstruction_error` reports the check), but a p
 counts only the residual path: in post-LN, the later sublayers' reaction to it (its indirect
 effect) is not included, and the frozen sigma is the one all pieces together produced.
 Encoder sublayers have no direct path to the logits (only through cross-attention).
+Per head (`per_head=True`): an attention sublayer's output is the sum of its heads' pieces
+(context[:, h] @ W_out rows of head h) and the out bias, so the same frozen-norm map splits it
+exactly into heads, as TransformerLens' `stack_head_results` does.
 """
 
 from __future__ import annotations
@@ -97,10 +100,30 @@ def _frozen_norm(inter: dict, params: dict, norm: str, config: TransformerConfig
     return apply, np.asarray(params[f"{norm}/bias"], dtype=np.float64)
 
 
-def residual_pieces(inter: dict, params: dict, config: TransformerConfig) -> dict[str, np.ndarray]:
+def head_outputs(inter: dict, params: dict, prefix: str, config: TransformerConfig
+                 ) -> dict[str, np.ndarray]:
+    """Attention block `prefix`'s output split into `{prefix}/head_{h}` pieces and
+    `{prefix}/out_bias`, each [b, q, d], that sum to `{prefix}/output`.
+
+    Head h owns rows h*k:(h+1)*k of the out kernel (DESIGN.md), so its piece is
+    context[:, h] @ W_out[h*k:(h+1)*k]."""
+    ctx = np.asarray(inter[f"{prefix}/context"], np.float64)                # [b, h, q, k]
+    k = config.head_dim
+    w_out = np.asarray(params[f"{prefix}/out/kernel"], np.float64)          # [h*k, d]
+    w_heads = w_out.reshape(config.num_heads, k, -1)                        # [h, k, d]
+    per_head = np.einsum("bhqk,hkd->hbqd", ctx, w_heads)                    # [h, b, q, d]
+    out = {f"{prefix}/head_{h}": per_head[h] for h in range(config.num_heads)}
+    bias = np.asarray(params[f"{prefix}/out/bias"], np.float64)
+    out[f"{prefix}/out_bias"] = np.broadcast_to(bias, per_head.shape[1:]).copy()
+    return out
+
+
+def residual_pieces(inter: dict, params: dict, config: TransformerConfig,
+                    per_head: bool = False) -> dict[str, np.ndarray]:
     """The decoder's final residual stream split into pieces [b, t, d] that sum to it.
 
-    Keys: `decoder/embed/output`, every decoder sublayer prefix, `norm_biases`.
+    Keys: `decoder/embed/output`, every decoder sublayer prefix, `norm_biases`; with
+    `per_head`, each attention sublayer is split into its heads and out bias (`head_outputs`).
     """
     pieces = {"decoder/embed/output": np.asarray(inter["decoder/embed/output"], np.float64)}
     pieces["norm_biases"] = np.zeros_like(pieces["decoder/embed/output"])
@@ -112,7 +135,10 @@ def residual_pieces(inter: dict, params: dict, config: TransformerConfig) -> dic
         pieces["norm_biases"] = pieces["norm_biases"] + beta
 
     for prefix in sublayer_prefixes(config, "decoder"):
-        pieces[prefix] = np.asarray(inter[f"{prefix}/output"], dtype=np.float64)
+        if per_head and not prefix.endswith("/ffn"):
+            pieces.update(head_outputs(inter, params, prefix, config))
+        else:
+            pieces[prefix] = np.asarray(inter[f"{prefix}/output"], dtype=np.float64)
         if config.norm_position == "post":
             through(f"{prefix}_norm")
     if config.norm_position == "pre":
@@ -120,15 +146,16 @@ def residual_pieces(inter: dict, params: dict, config: TransformerConfig) -> dic
     return pieces
 
 
-def direct_logit_effects(inter: dict, params: dict, config: TransformerConfig
-                         ) -> tuple[dict[str, np.ndarray], float]:
+def direct_logit_effects(inter: dict, params: dict, config: TransformerConfig,
+                         per_head: bool = False) -> tuple[dict[str, np.ndarray], float]:
     """({piece: logits contribution [b, t, v]}, reconstruction error max|sum - logits|).
 
-    Adds `output/bias` as a piece when the config has one.
+    Adds `output/bias` as a piece when the config has one; `per_head` splits attention
+    sublayers into heads (see `residual_pieces`).
     """
     w_u = unembedding(params, config)  # [d, v]
     effects = {name: np.einsum("btm,mv->btv", c, w_u)
-               for name, c in residual_pieces(inter, params, config).items()}
+               for name, c in residual_pieces(inter, params, config, per_head).items()}
     if config.output_bias:
         bias = np.asarray(params["output/bias"], dtype=np.float64)
         effects["output/bias"] = np.broadcast_to(bias, next(iter(effects.values())).shape)
@@ -153,4 +180,21 @@ def direct_logit_summary(effects: dict[str, np.ndarray], targets: np.ndarray,
         sel = tokens if tokens is not None else np.ones(targets.shape, bool)
         out[name] = {"logit_norm": float(norms[sel].mean()),
                      "attribution": float(at_target[sel].mean())}
+    return out
+
+
+def head_logit_attribution(effects: dict[str, np.ndarray], config: TransformerConfig,
+                           logit_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-head direct logit attribution of a logit metric (`Metric.logit_weights` [b, t, v],
+    e.g. a logit difference): {"decoder/self_attn heads": [layers, heads], "decoder/cross_attn
+    heads": ...}, each entry sum(weights * effect of the head), from `direct_logit_effects(...,
+    per_head=True)`.  With every other piece added, the attributions sum to the metric."""
+    w = np.asarray(logit_weights, np.float64)
+    out = {}
+    for sub in ("self_attn", "cross_attn"):
+        grid = np.zeros((num_layers(config, "decoder"), config.num_heads))
+        for i in range(grid.shape[0]):
+            for h in range(config.num_heads):
+                grid[i, h] = float((w * effects[f"decoder/layer_{i}/{sub}/head_{h}"]).sum())
+        out[f"decoder/{sub} heads"] = grid
     return out

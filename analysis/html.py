@@ -194,7 +194,36 @@ def _sections(report: dict, diff: dict | None) -> list[tuple[str, str, str]]:
         out.append(("parity", f"{diff['ref']} vs {diff['other']}: worst intermediates", _table(
             ["name", "normalised", "max abs", "mean abs"], rows[:25])
             + f"<p>missing: {html.escape(json.dumps(diff['missing']))}</p>"))
+    if report.get("causal"):
+        out.append(("causal", "Causal analyses", "".join(_causal_pair(c)
+                                                         for c in report["causal"])))
     return out
+
+
+def _causal_pair(c: dict) -> str:
+    """One clean/corrupt pair of `analysis.causal.causal_report`: what was compared, the
+    strongest heads, and how well the gradient approximations hold."""
+    p, m = c["pair"], c["metric"]
+    esc = html.escape
+    head = (f"<h3>{esc(p['clean'])!s} vs {esc(p['corrupt'])}</h3><p>{esc(m['name'])} of "
+            f"<code>{esc(p['clean_token'])}</code> over <code>{esc(p['corrupt_token'])}</code> at "
+            f"target position {p['position']}: clean {_num(m['clean'])}, corrupt "
+            f"{_num(m['corrupt'])}; scores are {esc(m['normalisation'])} ({esc(c['implementation'])}"
+            f" model).</p>")
+    heads = _table(["kind", "layer", "head", "activation patching", "attribution patching",
+                    "ablation importance", "direct logit attribution"],
+                   [[h["kind"], h["layer"], h["head"], h["patching"], h["attribution_patching"],
+                     h["ablation"], h["dla"]] for h in c["top_heads"]], 3)
+    agree = _table(["grid", "pearson r", "max |diff|", "sign agreement"],
+                   [[k, v["pearson"], v["max_abs_diff"], v["sign_agreement"]]
+                    for k, v in c["agreement"].items()])
+    sa, dla = c["source_attribution"], c["direct_logit_attribution"]
+    return (head + "<p>Strongest heads (denoising activation patching):</p>" + heads
+            + "<p>Attribution patching against activation patching:</p>" + agree
+            + f"<p>Integrated gradients ({sa['steps']} steps, {esc(sa['baseline'])} baseline): "
+              f"largest completeness error {_num(sa['completeness_max_error'])}.  Direct logit "
+              f"attribution ({esc(dla['approximation'])}): reconstruction error "
+              f"{_num(dla['reconstruction_error'])}.</p>")
 
 
 def write_html_report(path: str | os.PathLike, report: dict, inter: dict,

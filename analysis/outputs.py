@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .analyzer import TransformerAnalyzer
+from .analyzer import TransformerAnalyzer, json_safe, write_json
 from .diff import diff_captures
 from .inputs import attention_kind, attention_prefixes
 from .internals import check_captures
 from .plots import _steps_to_show, token_labels
+from .schema import load_schema, validate
 from .trace import format_trace, format_trace_side_by_side
 from .visualizer import TransformerVisualizer
 
@@ -30,7 +31,8 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
                   target_ids=None, attention_mask=None, tokens=None, captures=None,
                   metrics: list[dict] | None = None, other: TransformerAnalyzer | None = None,
                   vocab: dict[int, str] | None = None, html: bool = True,
-                  figures: bool = True, block: str | None = None, example: int = 0) -> dict:
+                  figures: bool = True, block: str | None = None, example: int = 0,
+                  causal: list[dict] | None = None, causal_figures: dict | None = None) -> dict:
     """Analyse `input_ids` and write everything into `out_dir`.
 
     `other`: a second analyzer (another implementation, same weights) whose capture is diffed
@@ -41,7 +43,10 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
     and every layer x head (`attention_grid_<kind>.png`); `multihead_comparison.png`, the
     step figures and the evolution show `block` (default: the last decoder layer's
     cross-attention, where a translation model's alignment forms);
-    `attention_step_<N>.png` is written for up to 6 evenly spread captured steps.  Returns {"report": the report dict,
+    `attention_step_<N>.png` is written for up to 6 evenly spread captured steps.
+    `causal`: `analysis.causal.causal_report` sections (one per clean/corrupt pair), stored
+    under the report's "causal" key and shown in the page with `causal_figures` ({caption:
+    PNG path}, written by `analysis.causal.write_causal_figures`).  Returns {"report": the report dict,
     "files": {label: path}, "skipped": [why...]}.
     """
     out = Path(out_dir)
@@ -50,6 +55,10 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
     skipped: list[str] = []
     report = analyzer.comprehensive_analysis(input_ids, target_ids, attention_mask, tokens,
                                              save_path=out / REPORT_FILE)
+    if causal is not None:
+        report["causal"] = json_safe(causal)
+        validate(report, load_schema())
+        write_json(out / REPORT_FILE, report)
     files["report"] = out / REPORT_FILE
     src, tgt = np.asarray(report["inputs"]["src"]), np.asarray(report["inputs"]["tgt"])
     inter = analyzer.capture(src, tgt)
@@ -128,7 +137,8 @@ def write_outputs(analyzer: TransformerAnalyzer, out_dir: str | os.PathLike, inp
     if html:
         from .html import write_html_report
 
-        files["html"] = write_html_report(out / HTML_FILE, report, inter, files, diff=diff,
+        shown = {**files, **(causal_figures or {})}
+        files["html"] = write_html_report(out / HTML_FILE, report, inter, shown, diff=diff,
                                           src_labels=src_lab, tgt_labels=tgt_lab,
                                           example=example)
     return {"report": report, "files": files, "skipped": skipped}

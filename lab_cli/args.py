@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-VERSIONS = ("jax", "pytorch", "huggingface", "both", "all", "analysis")
+VERSIONS = ("jax", "pytorch", "huggingface", "both", "all", "analysis", "interpret")
 FRAMEWORKS = ("jax", "pytorch", "huggingface")
 # `both` compares the reference with its mirror by default; SEED.md's `both` meant
 # pytorch + huggingface, which is `--version both --versions pytorch,huggingface`.
@@ -244,11 +244,47 @@ def build_parser() -> argparse.ArgumentParser:
     inside.add_argument("--wandb", action="store_true",
                         help="log to Weights & Biases (offline unless you are logged in)")
     inside.add_argument("--wandb_project", default="transformer-lab")
-    inside.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="--version analysis: analyse this saved model (a save_pretrained "
-                             "folder of Marian, FSMT, BART, mBART, M2M100 or Pegasus, or a "
-                             "checkpoint folder) instead of training the demo")
+    add_interpret_flags(p)
     return p
+
+
+# -- --version interpret (lab_cli/interpret.py): flags and their checks, kept in one block ----
+def add_interpret_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("interpret (causal analyses of a trained model)")
+    g.add_argument("--checkpoint", default=None, metavar="FOLDER",
+                   help="--version interpret: a trained model's final/ folder (config.json, "
+                        "model.safetensors, tokenizer.json); --version analysis: analyse this "
+                        "saved model (a save_pretrained folder of Marian, FSMT, BART, mBART, "
+                        "M2M100 or Pegasus, or a checkpoint folder) instead of the demo")
+    g.add_argument("--clean", action="append", default=None, metavar="TEXT",
+                   help="clean source text (repeatable, one --corrupt each; default: number "
+                        "pairs that differ in one digit word)")
+    g.add_argument("--corrupt", action="append", default=None, metavar="TEXT",
+                   help="the corrupted source of the matching --clean (same token count)")
+    g.add_argument("--backend", choices=("jax", "torch"), default="jax",
+                   help="--version interpret: the implementation that runs the analyses")
+    g.add_argument("--ig_steps", type=positive, default=32,
+                   help="integrated-gradients quadrature steps (midpoint rule)")
+
+
+def check_interpret_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.version != "interpret":
+        if args.checkpoint is not None and args.version != "analysis":
+            parser.error("argument --checkpoint: only used with --version analysis or interpret")
+        for flag in ("clean", "corrupt"):
+            if getattr(args, flag) is not None:
+                parser.error(f"argument --{flag}: only used with --version interpret")
+        return
+    if args.checkpoint is None:
+        parser.error("argument --checkpoint: --version interpret needs --checkpoint FOLDER "
+                     "(e.g. results_jax/final)")
+    clean, corrupt = args.clean or [], args.corrupt or []
+    if len(clean) != len(corrupt):
+        parser.error(f"argument --corrupt: {len(clean)} --clean and {len(corrupt)} --corrupt "
+                     f"texts; give one --corrupt per --clean")
+    for flag, texts in (("--clean", clean), ("--corrupt", corrupt)):
+        if any(not t.strip() for t in texts):
+            parser.error(f"argument {flag}: empty text")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -258,8 +294,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("argument --data: --task corpus needs --data PATH (a TSV or JSONL file)")
     if args.task != "corpus" and (args.data is not None or args.eval_data is not None):
         parser.error(f"argument --data: only --task corpus reads a file, not --task {args.task}")
-    if args.checkpoint is not None and args.version != "analysis":
-        parser.error("argument --checkpoint: only used with --version analysis")
+    check_interpret_flags(parser, args)
     if args.versions is not None:
         if args.version == "both" and len(args.versions) != 2:
             parser.error(f"argument --versions: --version both compares two implementations, "
