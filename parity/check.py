@@ -220,13 +220,6 @@ def _checkpoint_folder(text: str) -> str:
     return text
 
 
-def _hf_folder(text: str) -> str:
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a folder: expected a saved HF model "
-                                         f"folder (config.json + model.safetensors)")
-    return text
-
-
 def _json_path(text: str) -> str:
     """A file path whose folder exists and is writable, checked before the run, not after."""
     if os.path.isdir(text):
@@ -255,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "from --seed)")
     source.add_argument("--checkpoint", type=_checkpoint_folder,
                         help="a checkpoint folder (config.json + safetensors)")
-    source.add_argument("--hf", metavar="PATH", type=_hf_folder,
+    source.add_argument("--hf", metavar="PATH",
                         help="a saved HF folder (Marian, FSMT, BART, mBART, M2M100, Pegasus) "
                              "against HF's own class: parity/hf_folder.py")
     p.add_argument("--seed", type=_int_at_least(0), default=0,
