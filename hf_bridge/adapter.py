@@ -12,8 +12,9 @@ import torch
 
 import torch_model
 from spec import check_token_array, check_tokens
-from torch_model.adapter import own_grads, smoothed_loss
+from torch_model.adapter import own_grads
 from torch_model.api import as_ids, full_precision, mode, model_device
+from torch_model.loss import smoothed_loss
 
 from .modeling import TransformerLabForConditionalGeneration
 

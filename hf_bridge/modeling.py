@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -35,6 +34,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 import torch_model
 from spec import TransformerConfig, check_token_array, sinusoidal_positions
+from torch_model.loss import smoothed_loss
 
 from .config import TransformerLabConfig
 
@@ -344,9 +344,7 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
                                  f"{tuple(logits.shape[:2])} (that of decoder_input_ids)")
             targets = labels.masked_fill(labels == IGNORE_INDEX, cfg.pad_id)
             # mean over non-pad labels of the smoothed cross-entropy (spec.loss semantics)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                   targets.reshape(-1), ignore_index=cfg.pad_id,
-                                   label_smoothing=cfg.label_smoothing)
+            loss = smoothed_loss(logits, targets, cfg.pad_id, cfg.label_smoothing)
 
         out = Seq2SeqLMOutput(
             loss=loss,

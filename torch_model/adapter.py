@@ -11,21 +11,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from spec import check_token_array, check_tokens
 
 from .api import forward, model_device
+from .loss import smoothed_loss
 from .model import Transformer
-
-
-def smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int,
-                  label_smoothing: float) -> torch.Tensor:
-    """Mean label-smoothed cross-entropy over non-pad labels (`spec.label_smoothed_cross_entropy`).
-
-    logits [b, t, v], labels [b, t]."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=pad_id,
-                           label_smoothing=label_smoothing)
 
 
 @contextlib.contextmanager
