@@ -21,7 +21,8 @@ from lab_cli.args import build_parser, flag_error, parse_args
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command `argv` (default: sys.argv[1:]); returns the exit status.
 
-    Bad flag values exit with status 2 and one `main.py: error: ...` line, as argparse does.
+    Bad flag values exit with status 2 and one `main.py: error: ...` line, as argparse does;
+    so does `--resume` into a run whose model, training or data flags differ.
     """
     args = parse_args(argv)
     if args.version == "analysis":
@@ -42,8 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         build_parser().error(flag_error(e))
     from lab_cli import app
+    from training import ResumeError
 
-    app.run_setup(args, setup)
+    try:
+        app.run_setup(args, setup)
+    except ResumeError as e:  # --resume into a run of other flags: name them, exit 2
+        build_parser().error(flag_error(e))
     return 0
 
 

@@ -134,6 +134,23 @@ def resume_checkpoint(store: CheckpointStore, model_config: Any, train_config: A
                       f"{steps}); start a new --output_dir or delete the broken checkpoints")
 
 
+def prepare_checkpoints(store: CheckpointStore, resume: bool, model_config: Any,
+                        train_config: Any, data: Mapping[str, Any] | None,
+                        report: Say = say) -> int:
+    """The step a run starts from: `resume_checkpoint`'s (0 when there is none), or 0 for a
+    fresh run, which first deletes (and says so) the checkpoints an earlier run left there."""
+    if resume:
+        found = resume_checkpoint(store, model_config, train_config, data, report)
+        return 0 if found is None else found[0]
+    stale = store.checkpoints()
+    if stale:
+        report(f"a new run in {store.directory.parent}: deleting the checkpoints of an earlier "
+               f"run there (steps {stale}); pass --resume to continue it instead")
+        for step in stale:
+            store.delete(step)
+    return 0
+
+
 def _unreadable(store: CheckpointStore, step: int, error: BaseException, steps: list[int],
                 bad: list[int]) -> str:
     reason = " ".join(str(error).split())[:200] or type(error).__name__
@@ -167,18 +184,8 @@ def run_loop(backend: Backend, plan: train_data.RunPlan, *, task: Any, model_con
     output_dir = Path(output_dir)
     tc = train_config
     data = data_identity(task)
-    start, last_saved = 0, None
-    if resume:
-        found = resume_checkpoint(backend, model_config, tc, data)
-        if found is not None:
-            start = last_saved = found[0]
-    else:
-        stale = backend.checkpoints()
-        if stale:
-            say(f"a new run in {output_dir}: deleting the checkpoints of an earlier run there "
-                f"(steps {stale}); pass --resume to continue it instead")
-            for step in stale:
-                backend.delete(step)
+    start = prepare_checkpoints(backend, resume, model_config, tc, data)
+    last_saved = start or None
     kept = backend.checkpoints()
     keep = max(tc.keep_checkpoints, 1)
     meta = {"model_config": model_config.to_dict(), "train_config": tc.to_dict(), "data": data}
