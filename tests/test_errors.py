@@ -12,7 +12,6 @@ import main
 import spec
 import training
 
-
 # == resume (issue 14: --resume items; issue 9: a killed run loses nothing) ====================
 # `--resume` into a folder whose checkpoint was written with other flags: one line naming each
 # differing field with the checkpoint's value and this run's, exit status 2.  On a folder with
