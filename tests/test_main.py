@@ -462,7 +462,9 @@ def test_kill_9_then_resume_logs_the_uninterrupted_losses(version, tmp_path, cap
         # (`tr_loss`, reset at each log) whose rounding can differ after a reload: float32
         # rounding, not another computation.
         for a, b in zip(got, want):
-            assert a == pytest.approx(b, rel=1e-6)
+            assert a.keys() == b.keys()
+            assert {k: v for k, v in a.items() if k != "split"} == pytest.approx(
+                {k: v for k, v in b.items() if k != "split"}, rel=1e-6)
     else:
         assert got == want  # bit-exact: same batches, dropout stream, optimizer state
 
