@@ -418,9 +418,12 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     `internals_step_<N>.npz`, the final canonical weights in `final/` (with the tokenizer),
     plus the HF folder `hf_model/` (`from_pretrained`) and Trainer checkpoints
     `checkpoints/checkpoint-<N>/` every `checkpoint_every` steps and at the end (the last
-    `keep_checkpoints` kept).  `resume=True` continues from the latest one (Trainer's
-    `resume_from_checkpoint`).  Under `torchrun` every process calls this; each takes its share
-    of every batch (`batch_size` is the global batch) and the main process writes the files.
+    `keep_checkpoints` kept).  `resume=True` continues from the newest good one as the other
+    trainers do (`training.loop.prepare_checkpoints`: unreadable ones reported and skipped,
+    other configs or data a `training.ResumeError`, none a fresh start said so), through the
+    Trainer's `resume_from_checkpoint`.  Under `torchrun` every process calls this; each takes
+    its share of every batch (`batch_size` is the global batch) and the main process writes
+    the files and picks the checkpoint (the others take the newest).
     """
     start_time = time.perf_counter()
     output_dir = Path(output_dir)
