@@ -24,9 +24,10 @@ from lab_cli.args import build_parser, flag_error, parse_args
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command `argv` (default: sys.argv[1:]); returns the exit status.
 
-    Bad flag values exit with status 2 and one `main.py: error: ...` line, as argparse does.
-    A run stopped by a non-finite loss prints one `main.py: training stopped: ...` line and
-    returns 1, after writing its `summary.json`.
+    Bad flag values exit with status 2 and one `main.py: error: ...` line, as argparse does;
+    so does `--resume` into a run whose model, training or data flags differ.  A run stopped by
+    a non-finite loss prints one `main.py: training stopped: ...` line and returns 1, after
+    writing its `summary.json`.
     """
     args = parse_args(argv)
     if args.version == "analysis" and args.checkpoint:
@@ -70,10 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(f"argument --output_dir: cannot create {args.output_dir!r}: "
                              f"{e.strerror}")
     from lab_cli import app
-    from training import NonFiniteLossError
+    from training import NonFiniteLossError, ResumeError
 
     try:
         app.run_setup(args, setup)
+    except ResumeError as e:  # --resume into a run of other flags: name them, exit 2
+        build_parser().error(flag_error(e))
     except NonFiniteLossError as e:
         print(f"main.py: {e}", file=sys.stderr)
         return 1

@@ -80,7 +80,8 @@ def _train_torch(config: TransformerConfig, tc: TrainConfig, task, probe, intern
     import torch
 
     import torch_model
-    from torch_model.adapter import TorchAdapter, smoothed_loss
+    from torch_model.adapter import TorchAdapter
+    from torch_model.loss import smoothed_loss
 
     model = torch_model.init(config, tc.seed)
     adapter = TorchAdapter(model)

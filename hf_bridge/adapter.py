@@ -21,9 +21,9 @@ from torch_model.adapter import (
     intervention_grads,
     metric_value,
     own_grads,
-    smoothed_loss,
 )
 from torch_model.api import as_ids, full_precision, mode, model_device, patch_functions, patched
+from torch_model.loss import smoothed_loss
 from torch_model.taps import to_numpy
 
 from .decoding import generate_tokens

@@ -51,7 +51,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -60,6 +59,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 import torch_model
 from spec import TransformerConfig, load_checkpoint
+from torch_model.loss import smoothed_loss
 from torch_model.model import init_module
 
 from .config import TransformerLabConfig
@@ -121,16 +121,6 @@ def check_embeds(name: str, embeds: torch.Tensor, d_model: int, max_len: int,
     if embeds.shape[1] > max_len - cached:
         raise ValueError(f"{name} has length {embeds.shape[1]}, over the config's "
                          f"max_len={max_len}" + (f" with {cached} cached" if cached else ""))
-
-
-def smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int, eps: float
-                  ) -> torch.Tensor:
-    """Mean over non-pad labels of the label-smoothed cross-entropy (spec.loss semantics);
-    -100 (HF's "no label") counts as pad, and a batch with no real label gives 0, not NaN."""
-    targets = labels.masked_fill(labels == IGNORE_INDEX, pad_id).reshape(-1)  # [b * t]
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets,
-                            ignore_index=pad_id, label_smoothing=eps, reduction="sum")
-    return total / (targets != pad_id).sum().clamp(min=1)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_id: int, start_id: int) -> torch.Tensor:
@@ -628,7 +618,10 @@ class TransformerLabForConditionalGeneration(TransformerLabPreTrainedModel, Gene
             if tuple(labels.shape) != tuple(logits.shape[:2]):
                 raise ValueError(f"labels has shape {tuple(labels.shape)}, expected "
                                  f"{tuple(logits.shape[:2])} (that of decoder_input_ids)")
-            loss = smoothed_loss(logits, labels, cfg.pad_id, cfg.label_smoothing)
+            targets = labels.masked_fill(labels == IGNORE_INDEX, cfg.pad_id)
+            # mean over non-pad labels (spec.loss semantics); no real label gives 0, not NaN
+            loss = smoothed_loss(logits, targets, cfg.pad_id, cfg.label_smoothing,
+                                 reduction="sum") / (targets != cfg.pad_id).sum().clamp(min=1)
 
         out = Seq2SeqLMOutput(
             loss=loss,

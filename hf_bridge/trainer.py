@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -30,11 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_NAME
 from transformers.utils import logging as hf_logging
 
 import spec
@@ -42,6 +46,7 @@ import torch_model
 import training
 from spec import TrainConfig, TransformerConfig
 from torch_model.api import mode
+from torch_model.loss import loss_and_counts
 from torch_model.train import (
     TrainResult,
     amp_dtype,
@@ -49,6 +54,8 @@ from torch_model.train import (
     make_scheduler,
 )
 from training import data as train_data
+from training.eval_pass import evaluate_split
+from training.loop import log_eval, prepare_checkpoints, probe_inputs
 
 from .modeling import IGNORE_INDEX, TransformerLabForConditionalGeneration
 
@@ -161,13 +168,10 @@ class TransformerLabTrainer(Trainer):
         outputs = model(input_ids=inputs["input_ids"],
                         decoder_input_ids=inputs["decoder_input_ids"], use_cache=False)
         logits = outputs.logits                                                    # [b, t, v]
-        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                ignore_index=cfg.pad_id,
-                                label_smoothing=self.train_config.label_smoothing,
-                                reduction="sum")
+        total, tokens, hits = loss_and_counts(logits, labels, cfg.pad_id,
+                                              self.train_config.label_smoothing, "sum")
         with torch.no_grad():
-            keep = labels != cfg.pad_id
-            counts = torch.stack([((logits.argmax(-1) == labels) & keep).sum(), keep.sum()])
+            counts = torch.stack([hits, tokens])
             if model.training:  # the next logged step's token accuracy
                 self._hits = counts[0] if self._hits is None else self._hits + counts[0]
                 self._tokens = counts[1] if self._tokens is None else self._tokens + counts[1]
@@ -215,28 +219,22 @@ class Evaluation:
 
     @torch.no_grad()
     def run(self, model: TransformerLabForConditionalGeneration) -> dict[str, float]:
-        rows, src_len, tgt_len = self.shape
         pad_id = model.config.pad_id
         device = next(model.parameters()).device
-        acc = training.EvalAccumulator(
-            self.task, pad_id=pad_id, groups=training.eval_groups(self.task, self.split))
+
+        def score(fixed: Mapping[str, np.ndarray], real: int):
+            inputs = {k: v.to(device) for k, v in hf_inputs(fixed).items()}
+            out = model(**inputs, use_cache=False)
+            keep = inputs["labels"] != pad_id
+            hits = ((out.logits.argmax(-1) == inputs["labels"]) & keep).sum()
+            count = int(keep.sum())
+            generated = model.generate(input_ids=inputs["input_ids"][:real],
+                                       max_new_tokens=self.shape[2], num_beams=1,
+                                       do_sample=False)                  # [real, 1 + n]
+            return float(out.loss) * count, count, int(hits), generated[:, 1:].cpu().numpy()
+
         with mode(model, False):
-            for batch in self.task.batches(self.split, rows, 0, self.seed, 0):
-                real = len(batch["src"])
-                fixed = train_data.pad_batch(batch, rows, src_len, tgt_len, pad_id)
-                inputs = {k: v.to(device) for k, v in hf_inputs(fixed).items()}
-                out = model(**inputs, use_cache=False)
-                labels = inputs["labels"]
-                keep = labels != pad_id
-                hits = ((out.logits.argmax(-1) == labels) & keep).sum()
-                count = int(keep.sum())
-                generated = model.generate(input_ids=inputs["input_ids"][:real],
-                                           max_new_tokens=tgt_len, num_beams=1,
-                                           do_sample=False)              # [real, 1 + n]
-                acc.add(float(out.loss) * count, count, int(hits),
-                        hypotheses=generated[:, 1:].cpu().numpy(),
-                        labels=np.asarray(batch["labels"]))
-        return acc.result()
+            return evaluate_split(self.task, self.split, self.shape, self.seed, pad_id, score)
 
 
 class CheckpointCallback(TrainerCallback):
@@ -246,6 +244,7 @@ class CheckpointCallback(TrainerCallback):
     def __init__(self, trainer: TransformerLabTrainer) -> None:
         self.trainer = trainer
         self.last_saved: int | None = None
+        self.data: dict[str, Any] | None = None  # training.data_identity of the task
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
@@ -257,7 +256,8 @@ class CheckpointCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             meta = {"model_config": self.trainer.model.spec_config.to_dict(),
-                    "train_config": self.trainer.train_config.to_dict()}
+                    "train_config": self.trainer.train_config.to_dict(), "data": self.data,
+                    "step": state.global_step}
             _write_json(folder / META_FILE, meta)
         return control
 
@@ -288,9 +288,7 @@ class MetricsCallback(TrainerCallback):
                                  if k.startswith("eval_")}
             self.eval_step = step
             if self.logger is not None:
-                self.logger.log(step, self.eval_metrics, split="eval")
-                self.logger.write(f"step {step}: " + ", ".join(
-                    f"{k} {v:.4g}" for k, v in self.eval_metrics.items()))
+                log_eval(self.logger, step, self.eval_metrics)
         if self.logger is not None:
             self.logger.flush()
         return control
@@ -316,7 +314,7 @@ class InternalsCallback(TrainerCallback):
 
     def save(self, step: int, model: TransformerLabForConditionalGeneration) -> None:
         training.save_internals(self.output_dir, step, capture_internals(model, self.probe),
-                                {k: self.probe[k] for k in train_data.BATCH_KEYS})
+                                probe_inputs(self.probe))
 
 
 @torch.no_grad()
@@ -329,6 +327,38 @@ def capture_internals(model: TransformerLabForConditionalGeneration,
         model(input_ids=inputs["input_ids"], decoder_input_ids=inputs["decoder_input_ids"],
               use_cache=False)
     return dict(inter)
+
+
+class HFCheckpoints:
+    """The Trainer's `checkpoint-<N>` folders as a `training.loop.CheckpointStore`, so resuming
+    picks, checks and falls back exactly as the JAX and torch trainers do.  `restore` only
+    proves the files readable (weights, optimizer, trainer state); the Trainer loads them."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def path(self, step: int) -> Path:
+        return self.directory / f"{PREFIX_CHECKPOINT_DIR}-{int(step)}"
+
+    def checkpoints(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        found = (re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name)
+                 for p in self.directory.iterdir())
+        return sorted(int(m.group(1)) for m in found
+                      if m and (self.directory / m.group(0) / META_FILE).is_file())
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        return json.loads((self.path(step) / META_FILE).read_text(encoding="utf-8"))
+
+    def restore(self, step: int) -> None:
+        folder = self.path(step)
+        load_file(folder / SAFE_WEIGHTS_NAME)
+        json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+        torch.load(folder / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
+
+    def delete(self, step: int) -> None:
+        shutil.rmtree(self.path(step), ignore_errors=True)
 
 
 def training_arguments(output_dir: str | os.PathLike, train: TrainConfig, total_steps: int, *,
@@ -388,9 +418,12 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
     `internals_step_<N>.npz`, the final canonical weights in `final/` (with the tokenizer),
     plus the HF folder `hf_model/` (`from_pretrained`) and Trainer checkpoints
     `checkpoints/checkpoint-<N>/` every `checkpoint_every` steps and at the end (the last
-    `keep_checkpoints` kept).  `resume=True` continues from the latest one (Trainer's
-    `resume_from_checkpoint`).  Under `torchrun` every process calls this; each takes its share
-    of every batch (`batch_size` is the global batch) and the main process writes the files.
+    `keep_checkpoints` kept).  `resume=True` continues from the newest good one as the other
+    trainers do (`training.loop.prepare_checkpoints`: unreadable ones reported and skipped,
+    other configs or data a `training.ResumeError`, none a fresh start said so), through the
+    Trainer's `resume_from_checkpoint`.  Under `torchrun` every process calls this; each takes
+    its share of every batch (`batch_size` is the global batch) and the main process writes
+    the files and picks the checkpoint (the others take the newest).
     """
     start_time = time.perf_counter()
     output_dir = Path(output_dir)
@@ -404,13 +437,13 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
                               use_cpu=use_cpu)
     main = args.process_index == 0
 
-    last = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() \
-        else None
-    start = 0
-    if last is not None:
-        meta = json.loads((Path(last) / META_FILE).read_text(encoding="utf-8"))
-        training.check_resume(meta, model_config, train_config)
-        start = int(Path(last).name.split("-")[-1])
+    store = HFCheckpoints(args.output_dir)
+    data = training.data_identity(task)
+    if main:
+        start = prepare_checkpoints(store, resume, model_config, train_config, data)
+    else:  # the main process chose and cleaned; the others follow its choice
+        start = store.checkpoints()[-1] if resume and store.checkpoints() else 0
+    last = str(store.path(start)) if start else None
 
     flat = params if params is not None else torch_model.init(model_config,
                                                               train_config.seed).to_canonical()
@@ -436,11 +469,14 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
             train_config=train_config, evaluation=evaluation,
             callbacks=[metrics_cb, InternalsCallback(output_dir, probe,
                                                      train_config.track_internals_every)])
+        trainer.checkpoints.data = data
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
         with _quiet(not progress):
             trainer.train(resume_from_checkpoint=last)
-            if metrics_cb.eval_step != trainer.state.global_step:  # not evaluated at the end yet
+            if start >= total:  # a finished run resumed: its log has the final evaluation
+                metrics_cb.eval_metrics = evaluation.run(trainer.model)
+            elif metrics_cb.eval_step != trainer.state.global_step:  # not evaluated at the end
                 trainer.evaluate()
         model = trainer.model
         final = output_dir / "final"

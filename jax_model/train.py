@@ -4,15 +4,16 @@ accumulation, clipping, bf16, dropout, data parallelism, orbax checkpoints, eval
 The pieces, each usable alone:
 - `make_optimizer`: clip_by_global_norm (when `clip_norm > 0`) then Adam(b1, b2, eps) whose
   learning rate is `spec.learning_rate` wrapped as an optax schedule.
-- `loss_fn`: label-smoothed cross-entropy (optax `smooth_labels` semantics), mean over non-pad
-  labels, exactly `spec.label_smoothed_cross_entropy`.
+- `loss_fn`: the model's label-smoothed cross-entropy (`jax_model.loss`, optax `smooth_labels`
+  semantics), mean over non-pad labels, exactly `spec.label_smoothed_cross_entropy`.
 - `make_train_step`: one jitted optimizer update.  Gradient accumulation is an explicit
   `lax.scan` over the `grad_accum_steps` micro-batches stacked on a leading axis (not
   `optax.MultiSteps`): one call is one update, so the step counter, the schedule and the
   checkpoints all count updates, and the gradients are the mean of the micro-batch gradients.
-- `train`: the loop.  Resuming needs no data-iterator or RNG state: the batches of step N come
-  from `training.step_batches` (a function of the seed) and the dropout key of step N is
-  `fold_in(key(seed), N)`, so a run killed and resumed repeats the uninterrupted losses.
+- `train`: `training.loop.run_loop` with `JaxBackend`.  Resuming needs no data-iterator or RNG
+  state: the batches of step N come from `training.step_batches` (a function of the seed) and
+  the dropout key of step N is `fold_in(key(seed), N)`, so a run killed and resumed repeats
+  the uninterrupted losses bit for bit.
 
 Dropout keys use the "rbg" PRNG by default: masks come from XLA's RngBitGenerator instead of
 threefry hashing (which a prototype found expensive on accelerators), while key derivation stays
@@ -39,10 +40,13 @@ import spec
 import training
 from spec import TrainConfig, TransformerConfig
 from training import data as train_data
+from training.eval_pass import evaluate_split
+from training.loop import run_loop
 
 from . import sharding as shard
 from .capture import flatten_sown
 from .checkpointing import Checkpointer
+from .loss import loss_and_counts
 
 RNG_IMPLS = ("rbg", "unsafe_rbg", "threefry2x32")
 COMPUTE_DTYPES = {"none": jnp.float32, "bf16": jnp.bfloat16}
@@ -103,24 +107,6 @@ def compute_dtype(train: TrainConfig) -> jnp.dtype:
     return COMPUTE_DTYPES[train.mixed_precision]
 
 
-def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, pad_id: int,
-                           smoothing: float) -> tuple[jax.Array, jax.Array]:
-    """`[b, t, v]` logits, `[b, t]` labels -> (sum of per-token losses, non-pad count).
-
-    The target distribution is optax.smooth_labels' `(1 - eps) * onehot + eps / v`, whose
-    cross-entropy is `(1 - eps) * nll + eps * mean_v(-log p)`: written that way, with optax's
-    integer-label cross-entropy, no `[b, t, v]` target array is built (measurably faster on
-    CPU at vocabulary 8000).  Pad labels weigh 0: the mean is `sum / max(count, 1)`, as in
-    `spec.label_smoothed_cross_entropy`.
-    """
-    logits = logits.astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [b, t]
-    uniform = -jax.nn.log_softmax(logits).mean(-1)                       # [b, t]
-    per_token = (1.0 - smoothing) * nll + smoothing * uniform             # [b, t]
-    keep = (labels != pad_id).astype(jnp.float32)
-    return (per_token * keep).sum(), keep.sum()
-
-
 def apply_model(params: Any, model_config: TransformerConfig, src: jax.Array, tgt: jax.Array,
                 *, dropout_key: jax.Array | None = None, dtype: jnp.dtype = jnp.float32,
                 capture: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -152,10 +138,9 @@ def loss_fn(params: Any, batch: Batch, model_config: TransformerConfig,
     """
     logits, inter = apply_model(params, model_config, batch["src"], batch["tgt_in"],
                                 dropout_key=dropout_key, dtype=dtype, capture=capture)
-    labels = batch["labels"]
-    total, count = smoothed_cross_entropy(logits, labels, model_config.pad_id, label_smoothing)
-    hits = (logits.argmax(-1) == labels) & (labels != model_config.pad_id)
-    aux = {"tokens": count, "correct": hits.sum(), "inter": inter}
+    total, count, hits = loss_and_counts(logits, batch["labels"], model_config.pad_id,
+                                         label_smoothing)
+    aux = {"tokens": count, "correct": hits, "inter": inter}
     return total / jnp.maximum(count, 1.0), aux
 
 
@@ -237,11 +222,9 @@ def make_eval_step(model_config: TransformerConfig, train: TrainConfig, mesh=Non
 
     def eval_step(params, batch):
         logits, _ = apply_model(params, model_config, batch["src"], batch["tgt_in"], dtype=dtype)
-        labels = batch["labels"]
-        total, count = smoothed_cross_entropy(logits, labels, model_config.pad_id,
-                                              train.label_smoothing)
-        hits = (logits.argmax(-1) == labels) & (labels != model_config.pad_id)
-        return {"loss_sum": total, "tokens": count, "correct": hits.sum()}
+        total, count, hits = loss_and_counts(logits, batch["labels"], model_config.pad_id,
+                                             train.label_smoothing)
+        return {"loss_sum": total, "tokens": count, "correct": hits}
 
     if mesh is None:
         return jax.jit(eval_step)
@@ -261,21 +244,18 @@ def evaluate(params: Any, model_config: TransformerConfig, train: TrainConfig, t
              split: str, shape: tuple[int, int, int], *, mesh=None, eval_step=None,
              decode=None) -> dict[str, float]:
     """Loss and token accuracy (teacher forcing) and exact match and BLEU (greedy decoding,
-    ids decoded with the task's tokenizer) over one pass of `split`."""
-    rows, src_len, tgt_len = shape
+    ids decoded with the task's tokenizer) over one pass of `split`
+    (`training.eval_pass.evaluate_split`)."""
     eval_step = eval_step or make_eval_step(model_config, train, mesh)
-    decode = decode or make_decode(model_config, tgt_len)
-    acc = training.EvalAccumulator(task, pad_id=model_config.pad_id,
-                                     groups=training.eval_groups(task, split))
-    for batch in task.batches(split, rows, 0, train.seed, 0):
-        real = len(batch["src"])
-        fixed = train_data.pad_batch(batch, rows, src_len, tgt_len, model_config.pad_id)
+    decode = decode or make_decode(model_config, shape[2])
+
+    def score(fixed: Mapping[str, np.ndarray], real: int):
         device_batch = _to_device({k: fixed[k] for k in train_data.BATCH_KEYS}, mesh, 0)
         sums = jax.device_get(eval_step(params, device_batch))
-        tokens = decode(params, fixed["src"])[:real]
-        acc.add(float(sums["loss_sum"]), int(sums["tokens"]), int(sums["correct"]),
-                hypotheses=tokens, labels=np.asarray(batch["labels"]))
-    return acc.result()
+        return (float(sums["loss_sum"]), int(sums["tokens"]), int(sums["correct"]),
+                decode(params, fixed["src"])[:real])
+
+    return evaluate_split(task, split, shape, train.seed, model_config.pad_id, score)
 
 
 def capture_internals(params: Any, model_config: TransformerConfig, probe: Mapping[str, Any]
@@ -286,6 +266,58 @@ def capture_internals(params: Any, model_config: TransformerConfig, probe: Mappi
     return inter
 
 
+class JaxBackend:
+    """The JAX side of `training.loop.run_loop`: the live `TrainState`, its jitted step, orbax
+    checkpoints, evaluation and capture."""
+
+    checks_grad_norm = True
+
+    def __init__(self, state: TrainState, model_config: TransformerConfig, train: TrainConfig,
+                 task: Any, eval_split: str, shape: tuple[int, int, int], directory: Path,
+                 mesh=None, rng_impl: str = "rbg") -> None:
+        self.state, self.model_config, self.train = state, model_config, train
+        self.task, self.eval_split, self.shape, self.mesh = task, eval_split, shape, mesh
+        self.checkpointer = Checkpointer(directory)
+        self.directory = self.checkpointer.directory
+        self._step = make_train_step(model_config, train, mesh, rng_impl=rng_impl)
+        self._eval_step = make_eval_step(model_config, train, mesh)
+        self._decode = make_decode(model_config, shape[2])
+
+    def step(self, micro_batches):
+        batch = _to_device(train_data.stack(list(micro_batches)), self.mesh, 1)
+        self.state, metrics = self._step(self.state, batch)
+        return metrics
+
+    def fetch(self, metrics):
+        return [{k: float(v) for k, v in m.items()} for m in _local(list(metrics))]
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.state.params, self.model_config, self.train, self.task,
+                        self.eval_split, self.shape, mesh=self.mesh, eval_step=self._eval_step,
+                        decode=self._decode)
+
+    def capture(self, probe):
+        return capture_internals(self.state.params, self.model_config, probe)
+
+    def save(self, step: int, meta: dict[str, Any]) -> None:
+        self.checkpointer.save(step, self.state, meta)
+
+    def checkpoints(self) -> list[int]:
+        return self.checkpointer.all_steps()
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        return self.checkpointer.read_meta(step)
+
+    def restore(self, step: int) -> None:
+        self.state, _ = self.checkpointer.restore(step, self.state)
+
+    def delete(self, step: int) -> None:
+        self.checkpointer.delete(step)
+
+    def finish(self) -> None:
+        self.checkpointer.wait()
+
+
 def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
           output_dir: str | Path, *, resume: bool = False, mesh=None,
           train_split: str = "train", eval_split: str = "eval", tensorboard: bool = False,
@@ -293,17 +325,19 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
           rng_impl: str = "rbg", probe_size: int = 4, params: Any = None) -> TrainResult:
     """Train `model_config` on `task`, writing everything under `output_dir`.
 
-    Writes `metrics.jsonl` (+ `tensorboard/`, `wandb/` when asked), orbax checkpoints in
-    `checkpoints/` every `checkpoint_every` steps and at the end (the last `keep_checkpoints`
-    kept), `internals_step_<N>.npz` every `track_internals_every` steps (and at step 0) on a
-    fixed probe batch (the first `probe_size` examples of `eval_split`), and the final weights
-    as a canonical checkpoint in `final/` (`spec.save_checkpoint`).  `resume=True` continues
-    from the latest checkpoint (a fresh start when there is none).  A NaN/inf loss or gradient
-    norm raises `training.NonFiniteLossError` naming the step; the checkpoints written before
-    it (all of finite weights) stay.
-    Evaluates every `eval_every` steps and at the end.  Multi-host: see `jax_model.sharding`.
-    `params`: initial weights, a Flax tree or a canonical flat dict (default:
-    `jax_model.init(model_config, train_config.seed)`); ignored when resuming a checkpoint.
+    The loop is `training.loop.run_loop` (see there): `metrics.jsonl` (+ `tensorboard/`,
+    `wandb/` when asked), orbax checkpoints in `checkpoints/` every `checkpoint_every` steps
+    and at the end (the last `keep_checkpoints` kept), `internals_step_<N>.npz` every
+    `track_internals_every` steps (and at step 0) on a fixed probe batch (the first
+    `probe_size` examples of `eval_split`), and the final weights as a canonical checkpoint in
+    `final/` (`spec.save_checkpoint`).  `resume=True` continues from the newest good
+    checkpoint (falling back past unreadable ones; a fresh start, said, when there is none);
+    other configs or data raise `training.ResumeError`.  A NaN/inf loss or gradient norm
+    raises `training.NonFiniteLossError` naming the step; the checkpoints written before it
+    (all of finite weights) stay.  Evaluates every `eval_every` steps and at the end.
+    Multi-host: see `jax_model.sharding`.  `params`: initial weights, a Flax tree or a
+    canonical flat dict (default: `jax_model.init(model_config, train_config.seed)`); ignored
+    when resuming a checkpoint.
     """
     start_time = time.perf_counter()
     output_dir = Path(output_dir)
@@ -312,118 +346,39 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
         raise ValueError(f"rng_impl={rng_impl!r} is unknown; expected one of {RNG_IMPLS}")
     training.check_task(task, model_config)
     mesh = shard.make_mesh() if mesh is None else mesh
-    rows, src_len, tgt_len, per_epoch, total = train_data.run_plan(
-        task, model_config, train_config, train_split, eval_split)
-    shard.check_batch_size(rows, mesh)
+    plan = train_data.run_plan(task, model_config, train_config, train_split, eval_split)
+    shard.check_batch_size(plan.rows, mesh)
 
     if params is not None and any("/" in str(k) for k in params):
         params = jax_model.from_canonical(params, model_config)
     elif params is not None:  # a copy: the train step donates (deletes) the buffers it gets
         params = jax.tree.map(jnp.array, params)
     state = shard.replicate(create_train_state(model_config, train_config, params), mesh)
-    checkpointer = Checkpointer(output_dir / "checkpoints", keep=max(train_config.keep_checkpoints,
-                                                                     1))
-    start = 0
-    latest = checkpointer.latest_step() if resume else None
-    if latest is not None:
-        state, meta = checkpointer.restore(latest, state)
-        training.check_resume(meta, model_config, train_config)
-        start = int(_local(state.step))
+    shape = (plan.rows, plan.src_len, plan.tgt_len)
+    backend = JaxBackend(state, model_config, train_config, task, eval_split, shape,
+                         output_dir / "checkpoints", mesh, rng_impl)
+    probe = training.probe_batch(task, eval_split, probe_size, plan.src_len, plan.tgt_len,
+                                 model_config.pad_id, train_config.seed)
     # Multi-host: every process trains; only process 0 writes logs, internals and the export.
     primary = jax.process_index() == 0
     log_dir = output_dir if primary else output_dir / f"process_{jax.process_index()}"
-    meta = {"model_config": model_config.to_dict(), "train_config": train_config.to_dict()}
-
-    train_step = make_train_step(model_config, train_config, mesh, rng_impl=rng_impl)
-    eval_step = make_eval_step(model_config, train_config, mesh)
-    decode = make_decode(model_config, tgt_len)
-    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len,
-                                 model_config.pad_id, train_config.seed)
-    shape = (rows, src_len, tgt_len)
-    history: list[dict[str, float]] = []
-    eval_metrics: dict[str, float] = {}
-    pending: list[tuple[int, dict[str, jax.Array]]] = []
-    last_saved = latest
-
-    logger = training.MetricsLogger(
-        log_dir, total_steps=total, resume_step=start if resume else None,
-        tensorboard=tensorboard and primary, wandb=wandb and primary,
-        wandb_project=wandb_project, run_config={**meta["model_config"],
-                                                 **meta["train_config"]},
-        progress=progress and primary)
-
-    def flush() -> None:
-        """Fetch the pending metrics, log them, stop at the first non-finite loss."""
-        fetched = _local(pending)
-        pending.clear()
-        for step, metrics in fetched:
-            record = {k: float(v) for k, v in metrics.items()}
-            logger.log(step, record)
-            history.append({"step": step, **record})
-            training.check_finite([(step, record["loss"])], last_saved)
-            # NaN gradients with a finite loss still poison the weights of this update
-            training.check_finite([(step, record["grad_norm"])], last_saved, "gradient norm")
-        if fetched:
-            logger.advance(len(fetched), {"loss": fetched[-1][1]["loss"]})
-        logger.flush()
-
-    def track(step: int) -> None:
-        if not primary:
-            return
-        inter = capture_internals(state.params, model_config, probe)
-        training.save_internals(output_dir, step, inter, {
-            "src": probe["src"], "tgt": probe["tgt_in"], "labels": probe["labels"]})
-
-    def run_eval(step: int, log: bool = True) -> dict[str, float]:
-        metrics = evaluate(state.params, model_config, train_config, task, eval_split, shape,
-                           mesh=mesh, eval_step=eval_step, decode=decode)
-        if not log:  # a resumed run that was already finished: its log has this line
-            return metrics
-        logger.log(step, metrics, split="eval")
-        logger.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        return metrics
-
     try:
-        if train_config.track_internals_every and start == 0:
-            track(0)
-        stream = train_data.step_batches(task, train_split, rows, train_config.grad_accum_steps,
-                                         train_config.seed, per_epoch, start)
-        for step, micro in stream:
-            if step > total:
-                break
-            fixed = [train_data.pad_batch(b, rows, src_len, tgt_len, model_config.pad_id)
-                     for b in micro]
-            batch = _to_device(train_data.stack(fixed), mesh, 1)
-            state, metrics = train_step(state, batch)
-            pending.append((step, metrics))
-            last = step == total
-            if step % max(train_config.log_every, 1) == 0 or last:
-                flush()
-            if train_config.checkpoint_every and step % train_config.checkpoint_every == 0 \
-                    or last:
-                flush()
-                checkpointer.save(step, state, {**meta, "step": step})
-                last_saved = step
-            if train_config.track_internals_every and \
-                    step % train_config.track_internals_every == 0:
-                track(step)
-            if train_config.eval_every and step % train_config.eval_every == 0 and not last:
-                eval_metrics = run_eval(step)
-        flush()
-        eval_metrics = run_eval(total, log=start < total)
-        checkpointer.wait()
+        result = run_loop(backend, plan, task=task, model_config=model_config,
+                          train_config=train_config, output_dir=output_dir, probe=probe,
+                          train_split=train_split, resume=resume, log_dir=log_dir,
+                          primary=primary, tensorboard=tensorboard, wandb=wandb,
+                          wandb_project=wandb_project, progress=progress)
         final = output_dir / "final"
         if primary:
-            spec.save_checkpoint(final, jax_model.to_canonical(_local(state.params)),
+            spec.save_checkpoint(final, jax_model.to_canonical(_local(backend.state.params)),
                                  model_config)
             training.save_tokenizers(task, final)
     finally:
-        checkpointer.close()
-        logger.close()
-    return TrainResult(params=state.params, history=history, eval_metrics=eval_metrics,
-                       steps=int(_local(state.step)), output_dir=output_dir,
-                       final_checkpoint=final,
-                       seconds=time.perf_counter() - start_time)
+        backend.checkpointer.close()
+    return TrainResult(params=backend.state.params, history=result.history,
+                       eval_metrics=result.eval_metrics,
+                       steps=int(_local(backend.state.step)), output_dir=output_dir,
+                       final_checkpoint=final, seconds=time.perf_counter() - start_time)
 
 
 def _local(tree: Any) -> Any:

@@ -43,6 +43,7 @@ FIELD_FLAGS = {
     "schedule": "--schedule", "train_size": "--train_size", "eval_size": "--eval_size",
     "src_lang": "--src_lang", "tgt_langs": "--tgt_lang", "path": "--data",
     "eval_path": "--eval_data", "vocab_size": "--vocab_size",
+    "checkpoint_every": "--save_steps", "keep_checkpoints": "--save_total_limit",
 }
 
 
@@ -226,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval_every", type=non_negative, default=0,
                        help="evaluate every N steps (0: only at the end)")
     train.add_argument("--log_every", type=positive, default=10)
+    train.add_argument("--save_steps", type=positive, default=None,
+                       help="write a checkpoint every N optimizer steps (and at the end) for "
+                            "--resume (default: ceil(steps / 10), so a killed run loses at "
+                            "most a tenth of its steps)")
+    train.add_argument("--save_total_limit", type=positive, default=3,
+                       help="keep the newest N checkpoints")
 
     inside = p.add_argument_group("looking inside")
     inside.add_argument("--debug", action="store_true",

@@ -19,6 +19,8 @@ from training import data as train_data
 PREVIOUS_RUN = ("final", "checkpoints", "metrics.jsonl")
 # About this many `internals_step_<N>.npz` captures per run when --track_every is not given.
 TRACKED_CAPTURES = 8
+# Checkpoints per run when --save_steps is not given: a kill loses at most a tenth of the run.
+SAVES_PER_RUN = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,7 @@ def build_task(args: argparse.Namespace) -> tasks.Task:
     if args.resume and (saved / "tokenizer.json").is_file():
         tokenizer = tasks.TaskTokenizer.load(saved)
     try:
-        return tasks.build_task(
+        task = tasks.build_task(
             args.task, train_size=args.train_size, eval_size=args.eval_size,
             max_len=args.max_len, seed=args.seed, src_lang=args.src_lang,
             tgt_langs=args.tgt_lang, path=args.data, eval_path=args.eval_data,
@@ -53,6 +55,12 @@ def build_task(args: argparse.Namespace) -> tasks.Task:
             if path and str(path) in str(e):
                 raise ValueError(f"argument {flag}: {e}") from None
         raise
+    # The flags behind the tokenizer, in the task's summary and so in the data a checkpoint
+    # records: a resumed run reads the saved tokenizer, so only these show a changed flag.
+    task.info["tokenizer"] = args.tokenizer
+    if args.tokenizer == "wordpiece":
+        task.info["vocab_size"] = args.vocab_size
+    return task
 
 
 def model_config(args: argparse.Namespace, task: tasks.Task) -> spec.TransformerConfig:
@@ -88,10 +96,17 @@ def setup(args: argparse.Namespace) -> RunSetup:
         grad_accum_steps=args.gradient_accumulation_steps,
         clip_norm=args.clip_norm, mixed_precision=args.mixed_precision, seed=args.seed,
         log_every=min(args.log_every, total), eval_every=args.eval_every,
-        track_internals_every=track)
+        track_internals_every=track, checkpoint_every=save_steps(args, total),
+        keep_checkpoints=args.save_total_limit)
     setup = RunSetup(task, model, train, total)
     preflight(args, setup)
     return setup
+
+
+def save_steps(args: argparse.Namespace, total: int) -> int:
+    """`--save_steps`, else ceil(total / SAVES_PER_RUN): a kill loses at most a tenth of the
+    run's steps (the checkpoint at the end is always written too)."""
+    return args.save_steps or -(-total // SAVES_PER_RUN)
 
 
 def preflight(args: argparse.Namespace, setup: RunSetup) -> None:

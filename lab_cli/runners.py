@@ -6,6 +6,10 @@ resuming from a checkpoint).
 `--dataloader_num_workers` reaches the HF Trainer's DataLoader; the JAX trainer and the plain
 torch loop make their numpy batches in-process.
 Every trainer writes `metrics.jsonl`, `internals_step_<N>.npz` and `final/` into its folder.
+`--save_steps` / `--save_total_limit` reach every trainer as `TrainConfig.checkpoint_every` /
+`keep_checkpoints`; `--resume` as `resume=True`, which continues from the newest good checkpoint
+(`training.loop`) and raises `training.ResumeError` when the flags differ from the run's
+(`main.py` turns it into a one-line error naming the flags, exit status 2).
 """
 
 from __future__ import annotations

@@ -94,15 +94,14 @@ def torch_forward(flat: Flat, config: TransformerConfig, batch: Batch) -> dict[s
 def torch_loss_and_grads(flat: Flat, config: TransformerConfig, batch: Batch, smoothing: float
                          ) -> tuple[float, dict[str, np.ndarray]]:
     import torch
-    import torch.nn.functional as F
 
     import torch_model
+    from torch_model.loss import smoothed_loss
 
     model = torch_model_from(flat, config)
     logits, _ = torch_model.forward(model, batch["src"], batch["tgt_in"], capture=False)
     labels = torch.as_tensor(batch["labels"], dtype=torch.int64)
-    loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=config.pad_id,
-                           label_smoothing=smoothing)
+    loss = smoothed_loss(logits, labels, config.pad_id, smoothing)
     with torch_model.full_precision():
         loss.backward()
     return float(loss.detach()), model.canonical_grads()

@@ -117,7 +117,7 @@ def test_trainer_repeats_the_torch_loop_and_writes_the_same_outputs(tmp_path):
     assert [s for s, _ in training.list_internals(out)] == [0, 2, 4]
     inter, inputs = training.load_internals(training.internals_path(out, 0))
     start = torch_model.init(config).load_canonical(flat)
-    _, want = torch_model.forward(start, inputs["src"], inputs["tgt_in"])
+    _, want = torch_model.forward(start, inputs["src"], inputs["tgt"])
     assert set(inter) == set(want)
     for name in want:
         np.testing.assert_allclose(inter[name], want[name], rtol=1e-6, atol=1e-6)

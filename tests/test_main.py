@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -375,3 +376,98 @@ def test_analysis_demo(tmp_path):
     for name in SEED_FILES + ["report.html"]:
         assert (folder / name).is_file(), name
     assert_image(folder / "visualizations" / "attention" / "attention_evolution.png")
+
+
+# -- slow: kill -9 and --resume, in every version ------------------------------------------------
+# Tiny and fast, but long enough (40 steps, evaluated after each) that a SIGKILL sent once the
+# second checkpoint is on disk lands mid-run.  Dropout stays on: the resumed RNG state matters.
+KILLABLE = ["--task", "reverse", "--max_len", "12", "--train_size", "64", "--eval_size", "8",
+            "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "--batch_size", "8",
+            "--max_steps", "40", "--save_steps", "4", "--eval_every", "1", "--log_every", "1",
+            "--tokenizer", "char", "--beam_size", "1", "--quiet"]
+
+
+def complete_checkpoints(folder: Path, version: str) -> list[int]:
+    """The steps whose checkpoint is completely written, in each trainer's own layout."""
+    marker = {"jax": "{}/_CHECKPOINT_METADATA", "pytorch": "step_{}/trainer_state.pt",
+              "huggingface": "checkpoint-{}/transformer_lab_meta.json"}[version]
+    root = folder / "checkpoints"
+    if not root.is_dir():
+        return []
+    steps = (int("".join(c for c in p.name if c.isdigit()) or -1) for p in root.iterdir())
+    return sorted(s for s in steps if s >= 0 and (root / marker.format(s)).is_file())
+
+
+def truncate_weights(folder: Path, version: str, step: int) -> None:
+    """Cut the weights file(s) of checkpoint `step` to half their size."""
+    root = folder / "checkpoints"
+    files = {"jax": sorted((root / str(step) / "state").rglob("d/*")),
+             "pytorch": [root / f"step_{step}" / "model.safetensors"],
+             "huggingface": [root / f"checkpoint-{step}" / "model.safetensors"]}[version]
+    assert files and all(f.is_file() for f in files), files
+    for f in files:
+        f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+
+
+def cli(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *argv], cwd=ROOT,
+                            env={**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in
+            (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["jax", "pytorch", "huggingface"])
+def test_kill_9_then_resume_logs_the_uninterrupted_losses(version, tmp_path, capsys):
+    """A real SIGKILL of `main.py` mid-run, its newest checkpoint then truncated; `--resume`
+    says it falls back to the previous one and logs exactly what an uninterrupted run logs."""
+    import signal
+    import time
+
+    flags = ["--version", version, *KILLABLE]
+    whole = cli([*flags, "--output_dir", str(tmp_path / "whole")])
+    killed_dir = tmp_path / "killed"
+    killed = cli([*flags, "--output_dir", str(killed_dir)])
+    deadline = time.monotonic() + 900
+    while len(complete_checkpoints(killed_dir, version)) < 2:
+        assert killed.poll() is None, killed.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (killed_dir / "final").exists()  # it died before the end
+    saved = complete_checkpoints(killed_dir, version)
+    # metrics.jsonl kept every line up to the kill: steps 1.. in order, past the checkpoints
+    logged = [r["step"] for r in records(killed_dir) if r["split"] == "train"]
+    assert logged == list(range(1, len(logged) + 1)) and saved[-1] <= logged[-1] < 40
+    _, err = whole.communicate(timeout=900)
+    assert whole.returncode == 0, err[-3000:]
+
+    truncate_weights(killed_dir, version, saved[-1])
+    resumed = cli([*flags, "--output_dir", str(killed_dir), "--resume"])
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err[-3000:]
+    assert re.search(rf"resume: the checkpoint of step {saved[-1]} in \S+ is unreadable "
+                     rf"\(.+\); falling back to step {saved[-2]}", out), out
+    assert f"resume: continuing from the checkpoint of step {saved[-2]}" in out
+    want, got = records(tmp_path / "whole"), records(killed_dir)
+    assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
+    # Bit-exact in every version: the same batches, the restored optimizer, schedule and
+    # dropout RNG states, the same float32 arithmetic in the same order.
+    assert got == want
+
+    # Resuming into that folder with other model or data flags: one line naming the field.
+    for change, field in [(["--hidden_size", "48"], r"--hidden_size.*d_model 32 -> 48"),
+                          (["--dropout", "0.2"], r"--dropout.*dropout_rate 0.1 -> 0.2"),
+                          (["--train_size", "72"], r"--train_size.*train_size 64 -> 72")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main.main([*flags, *change, "--output_dir", str(killed_dir), "--resume"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert re.match(rf"main.py: error: argument {field}", err.strip().splitlines()[-1]), err
+        assert "Traceback" not in err

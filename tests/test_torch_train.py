@@ -19,6 +19,7 @@ import torch_model  # noqa: E402
 import training  # noqa: E402
 from torch_model import train as tt  # noqa: E402
 from torch_model.checkpointing import Checkpointer  # noqa: E402
+from torch_model.loss import smoothed_loss  # noqa: E402
 
 # Every axis a different size: b 8, s 7, t 5, vocab 64 (tiny preset).
 B, S, T = 8, 7, 5
@@ -89,7 +90,7 @@ def test_first_step_is_adam_with_the_schedule_and_clipping():
     before = snapshot(state.model)
     batch = hand_batch()
     b = tt.to_tensors(batch, torch.device("cpu"))
-    loss = tt.smoothed_loss(state.model(b["src"], b["tgt_in"]), b["labels"], 0, 0.1)
+    loss = smoothed_loss(state.model(b["src"], b["tgt_in"]), b["labels"], 0, 0.1)
     loss.backward()
     grads = state.model.canonical_grads()
     norm = float(np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads.values())))
@@ -169,7 +170,7 @@ def test_mixed_precision_keeps_float32_masters(precision):
     batch = hand_batch()
     b = tt.to_tensors(batch, torch.device("cpu"))
     with torch.no_grad():
-        f32 = float(tt.smoothed_loss(state.model(b["src"], b["tgt_in"]), b["labels"], 0, 0.1))
+        f32 = float(smoothed_loss(state.model(b["src"], b["tgt_in"]), b["labels"], 0, 0.1))
         with tt.autocast(train, torch.device("cpu")):
             logits = state.model(b["src"], b["tgt_in"])
     assert logits.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -243,8 +244,8 @@ def test_loop_writes_metrics_checkpoints_internals_and_final_weights(tmp_path):
     assert [s for s, _ in training.list_internals(out)] == [0, 3, 6]
     inter, inputs = training.load_internals(training.internals_path(out, 6))
     src_len, tgt_len = task.max_lengths()
-    assert inputs["src"].shape == (4, src_len) and inputs["tgt_in"].shape == (4, tgt_len)
-    _, want = torch_model.forward(result.model, inputs["src"], inputs["tgt_in"])
+    assert inputs["src"].shape == (4, src_len) and inputs["tgt"].shape == (4, tgt_len)
+    _, want = torch_model.forward(result.model, inputs["src"], inputs["tgt"])
     assert set(inter) == set(want) == set(spec.intermediate_shapes(config, 4, src_len, tgt_len))
     for name in want:
         np.testing.assert_array_equal(inter[name], want[name])
@@ -323,8 +324,8 @@ def test_bad_inputs_raise_value_errors(tmp_path):
     with pytest.raises(ValueError, match="more than the model config's src_vocab_size=8"):
         tt.train(small, spec.TrainConfig(max_steps=1), task, tmp_path, device="cpu",
                  progress=False)
-    with pytest.raises(ValueError, match="keep=0 is invalid"):
-        Checkpointer(tmp_path / "c", keep=0)
+    with pytest.raises(ValueError, match="reduction='none' is unknown"):
+        smoothed_loss(torch.zeros(1, 1, 4), torch.ones(1, 1, dtype=torch.int64), 0, 0.1, "none")
 
 
 @pytest.mark.slow

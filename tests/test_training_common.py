@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 
 import numpy as np
@@ -211,3 +212,194 @@ def test_eval_accumulator_scores_each_group_on_its_own(copy_task):
     with pytest.raises(ValueError, match="groups label 2 examples but 4 were decoded"):
         short.result()
     assert training.eval_groups(copy_task, "eval") is None
+
+
+# -- the loop (training.loop), on a numpy backend ---------------------------------------------
+class NumpyBackend:
+    """A real (if tiny) learner for `training.loop.run_loop`, in numpy: a table of weights
+    `w [src_vocab, tgt_vocab]` fitted by SGD to predict each label from the source token
+    bag, with "dropout" noise drawn from a generator whose state is checkpointed.  Not a mock:
+    its losses depend on every batch, every update and the restored state, so a resume that
+    skips, repeats or mis-restores anything changes the logged numbers."""
+
+    checks_grad_norm = True
+
+    def __init__(self, directory, config, seed=0):
+        self.directory = directory
+        self.config = config
+        self.w = np.zeros((config.src_vocab_size, config.tgt_vocab_size))
+        self.rng = np.random.default_rng(seed)
+        self.steps_run = []
+
+    def _loss_grad(self, batch):
+        src, labels = batch["src"], batch["labels"]
+        bag = np.stack([np.bincount(r, minlength=len(self.w)) for r in src]) / src.shape[1]
+        logits = bag @ self.w                                                 # [b, v]
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        target = np.stack([np.bincount(r[r != 0], minlength=self.w.shape[1]) for r in labels])
+        target = target / np.maximum(target.sum(-1, keepdims=True), 1)        # [b, v]
+        loss = -(target * np.log(probs)).sum(-1).mean()
+        return loss, bag.T @ (probs - target) / len(src)
+
+    def step(self, micro_batches):
+        losses, grads = zip(*(self._loss_grad(b) for b in micro_batches))
+        grad = np.mean(grads, 0) * (self.rng.random(self.w.shape) > 0.1)   # "dropout"
+        self.w -= 0.5 * grad
+        self.steps_run.append(len(self.steps_run))
+        return {"loss": np.mean(losses), "grad_norm": np.linalg.norm(grad)}
+
+    def fetch(self, metrics):
+        return [{k: float(v) for k, v in m.items()} for m in metrics]
+
+    def evaluate(self):
+        return {"loss": float(np.abs(self.w).sum())}
+
+    def capture(self, probe):
+        return {"logits": self.w[probe["src"]].sum(1)}
+
+    def save(self, step, meta):
+        folder = self.directory / f"step_{step}"
+        tmp = self.directory / f".tmp_{step}"
+        tmp.mkdir(parents=True)
+        np.save(tmp / "weights.npy", self.w)
+        (tmp / "meta.json").write_text(json.dumps({**meta, "rng": self.rng.bit_generator.state}))
+        tmp.rename(folder)
+
+    def checkpoints(self):
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name[5:]) for p in self.directory.glob("step_*"))
+
+    def read_meta(self, step):
+        return json.loads((self.directory / f"step_{step}" / "meta.json").read_text())
+
+    def restore(self, step):
+        self.w = np.load(self.directory / f"step_{step}" / "weights.npy")
+        self.rng.bit_generator.state = self.read_meta(step)["rng"]
+
+    def delete(self, step):
+        import shutil
+
+        shutil.rmtree(self.directory / f"step_{step}")
+
+    def finish(self):
+        pass
+
+
+LOOP_TRAIN = spec.TrainConfig(batch_size=4, max_steps=8, warmup_steps=2, log_every=3,
+                              checkpoint_every=2, keep_checkpoints=2, eval_every=4,
+                              track_internals_every=4)
+
+
+def loop_run(folder, task, train=LOOP_TRAIN, resume=False, die_at=None):
+    """One `run_loop` into `folder`; `die_at=N` raises KeyboardInterrupt in this process's
+    N-th update (an interrupted run)."""
+    from training import loop
+
+    config = task.model_config("tiny")
+    backend = NumpyBackend(folder / "checkpoints", config, train.seed)
+    if die_at is not None:
+        real = backend.step
+
+        def step(micro):
+            if len(backend.steps_run) + 1 == die_at:
+                raise KeyboardInterrupt("killed")
+            return real(micro)
+
+        backend.step = step
+    plan = data.run_plan(task, config, train)
+    probe = training.probe_batch(task, "eval", 2, plan.src_len, plan.tgt_len, 0, train.seed)
+    return loop.run_loop(backend, plan, task=task, model_config=config, train_config=train,
+                         output_dir=folder, probe=probe, resume=resume, progress=False)
+
+
+def test_loop_logs_every_step_checkpoints_keep_last_k_and_captures(tmp_path, copy_task):
+    result = loop_run(tmp_path / "run", copy_task)
+    assert result.start == 0 and result.steps == 8
+    train_lines = training.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in train_lines] == list(range(1, 9))
+    assert [r["loss"] for r in train_lines] == [h["loss"] for h in result.history]
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"]  # it learns
+    evals = training.read_metrics(tmp_path / "run" / "metrics.jsonl", "eval")
+    assert [r["step"] for r in evals] == [4, 8]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == \
+        ["step_6", "step_8"]
+    assert [s for s, _ in training.list_internals(tmp_path / "run")] == [0, 4, 8]
+
+
+def test_loop_resume_repeats_the_uninterrupted_losses(tmp_path, copy_task, capsys):
+    whole = loop_run(tmp_path / "whole", copy_task)
+    with pytest.raises(KeyboardInterrupt):
+        loop_run(tmp_path / "cut", copy_task, die_at=6)
+    cut = tmp_path / "cut"
+    # every line logged before the interruption is on disk, at least up to the checkpoint
+    logged = [r["step"] for r in training.read_metrics(cut / "metrics.jsonl")]
+    assert logged == list(range(1, len(logged) + 1)) and logged[-1] >= 4
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_2", "step_4"]
+    resumed = loop_run(cut, copy_task, resume=True)
+    assert "resume: continuing from the checkpoint of step 4" in capsys.readouterr().out
+    assert resumed.start == 4 and [h["step"] for h in resumed.history] == [5, 6, 7, 8]
+    assert resumed.history == whole.history[4:]  # exactly: same batches, noise, updates
+    assert (training.read_metrics(cut / "metrics.jsonl", None)
+            == training.read_metrics(tmp_path / "whole" / "metrics.jsonl", None))
+    # resuming a finished run trains nothing and logs nothing more
+    again = loop_run(cut, copy_task, resume=True)
+    assert again.history == [] and again.steps == 8
+    assert again.eval_metrics == whole.eval_metrics
+    assert (training.read_metrics(cut / "metrics.jsonl", None)
+            == training.read_metrics(tmp_path / "whole" / "metrics.jsonl", None))
+
+
+def test_loop_falls_back_past_a_corrupt_checkpoint_and_says_so(tmp_path, copy_task, capsys):
+    whole = loop_run(tmp_path / "whole", copy_task)
+    with pytest.raises(KeyboardInterrupt):
+        loop_run(tmp_path / "cut", copy_task, die_at=6)
+    weights = tmp_path / "cut" / "checkpoints" / "step_4" / "weights.npy"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    resumed = loop_run(tmp_path / "cut", copy_task, resume=True)
+    out = capsys.readouterr().out
+    assert re.search(r"checkpoint of step 4 in .* is unreadable \(ValueError: .*\); falling "
+                     r"back to step 2", out), out
+    assert "continuing from the checkpoint of step 2" in out
+    assert resumed.start == 2 and resumed.history == whole.history[2:]
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == \
+        ["step_6", "step_8"]
+
+
+def test_loop_resume_with_nothing_to_resume_starts_fresh_and_says_so(tmp_path, copy_task,
+                                                                      capsys):
+    whole = loop_run(tmp_path / "whole", copy_task)
+    fresh = loop_run(tmp_path / "empty", copy_task, resume=True)
+    assert re.search(r"resume: nothing to resume in .*empty.checkpoints \(no checkpoint\): "
+                     r"training from scratch", capsys.readouterr().out)
+    assert fresh.start == 0 and fresh.history == whole.history
+
+
+def test_loop_resume_refuses_other_settings_naming_each_field(tmp_path, copy_task):
+    loop_run(tmp_path / "run", copy_task, train=LOOP_TRAIN.replace(max_steps=4))
+    with pytest.raises(training.ResumeError) as err:
+        loop_run(tmp_path / "run", copy_task, train=LOOP_TRAIN.replace(learning_rate=0.5),
+                 resume=True)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "train config field(s) ['learning_rate'] differ from the checkpoint's: " \
+           "learning_rate 1.0 -> 0.5" in message
+    other = tasks.build_task("copy", train_size=30, eval_size=6, seed=3, max_len=8)
+    with pytest.raises(training.ResumeError, match=r"data field\(s\) \['train_size'\] differ "
+                                                   r".*train_size 20 -> 30"):
+        loop_run(tmp_path / "run", other, resume=True)
+    # a longer run (max_steps) and other bookkeeping are allowed
+    longer = loop_run(tmp_path / "run", copy_task, train=LOOP_TRAIN.replace(keep_checkpoints=3),
+                      resume=True)
+    assert longer.start == 4 and [h["step"] for h in longer.history] == [5, 6, 7, 8]
+
+
+def test_fresh_run_deletes_an_earlier_runs_checkpoints(tmp_path, copy_task, capsys):
+    loop_run(tmp_path / "run", copy_task)
+    capsys.readouterr()
+    loop_run(tmp_path / "run", copy_task, train=LOOP_TRAIN.replace(max_steps=2))
+    assert "deleting the checkpoints of an earlier run there (steps [6, 8])" in \
+        capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_2"]

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from spec import TransformerConfig, check_token_array, check_tokens, intermediate_shapes
 from spec.interventions import Intervention, Metric
@@ -21,17 +20,9 @@ from spec.patching import as_patch, forward_plan
 
 from .api import as_ids, forward, full_precision, mode, model_device, patch_functions, patched
 from .decoding import beam_search, greedy_decode
+from .loss import smoothed_loss
 from .model import Transformer
 from .taps import to_numpy, watch
-
-
-def smoothed_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int,
-                  label_smoothing: float) -> torch.Tensor:
-    """Mean label-smoothed cross-entropy over non-pad labels (`spec.label_smoothed_cross_entropy`).
-
-    logits [b, t, v], labels [b, t]."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=pad_id,
-                           label_smoothing=label_smoothing)
 
 
 @contextlib.contextmanager

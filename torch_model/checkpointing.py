@@ -5,8 +5,8 @@ Layout: `<output_dir>/checkpoints/step_<N>/` holds `config.json` and `model.safe
 `spec.load_checkpoint`) and `trainer_state.pt`: a `torch.save`d dict of plain tensors, numbers
 and strings (optimizer, scheduler, grad scaler, RNG states, data position, configs) that
 `torch.load(weights_only=True)` reads back.  Each step is assembled in a hidden staging folder
-and renamed into place, so a process killed mid-save leaves only whole checkpoints behind; the
-last `keep` are kept.
+and renamed into place, so a process killed mid-save leaves only whole checkpoints behind.  Which
+to keep is `training.loop`'s decision (`delete`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ _STAGING = ".staging-step_"
 class Checkpointer:
     """Save, list and restore `step_<N>` folders under `directory`."""
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep={keep!r} is invalid: expected an integer >= 1 checkpoints")
+    def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
-        self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob(_STAGING + "*"):  # left by a process killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
@@ -71,13 +68,17 @@ class Checkpointer:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        for old in self.all_steps()[:-self.keep]:
-            shutil.rmtree(self.path(old), ignore_errors=True)
         return final
+
+    def delete(self, step: int) -> None:
+        shutil.rmtree(self.path(step), ignore_errors=True)
+
+    def read_state(self, step: int) -> dict[str, Any]:
+        """The trainer state of `step` alone (configs, step, optimizer...), not the weights."""
+        return torch.load(self.path(step) / STATE_FILE, map_location="cpu", weights_only=True)
 
     def restore(self, step: int) -> tuple[dict[str, Any], TransformerConfig, dict[str, Any]]:
         """(canonical weights, model config, trainer state) of checkpoint `step`."""
         folder = self.path(step)
         flat, config = spec.load_checkpoint(folder)
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        return flat, config, state
+        return flat, config, self.read_state(step)

@@ -6,11 +6,11 @@ Same `spec.TrainConfig`, same optimisation, same data, same output folder:
 - `train_step`: one optimizer update over `grad_accum_steps` micro-batches; the gradient is the
   mean of the micro-batch gradients (each loss a mean over its own non-pad labels), clipped to
   `clip_norm` by global norm as optax does (`g * clip / max(norm, clip)`), then Adam.
-  Label smoothing is torch's `cross_entropy(label_smoothing=eps, ignore_index=pad_id)`.
+  The loss is `torch_model.loss` (torch's `cross_entropy(label_smoothing, ignore_index)`).
 - Mixed precision: `bf16` autocasts to bfloat16 (CPU or GPU); `fp16` autocasts to float16
   with a `GradScaler`.  Parameters stay float32.  `gradient_checkpointing` recomputes each
   layer in the backward pass (`torch.utils.checkpoint`); `compile` runs `torch.compile(model)`.
-- `train`: the loop.  Batches of step N come from `training.step_batches` (a function of the
+- `train`: `training.loop.run_loop` with `TorchBackend`.  Batches of step N come from `training.step_batches` (a function of the
   seed), dropout draws from the global torch RNG seeded with `seed` inside a forked RNG scope,
   and checkpoints (`torch_model.checkpointing`) save the optimizer, scheduler, scaler and RNG
   states with the canonical weights, so an interrupted run resumed from its last checkpoint
@@ -34,12 +34,14 @@ import spec
 import training
 from spec import TrainConfig, TransformerConfig
 from training import data as train_data
+from training.eval_pass import evaluate_split
+from training.loop import run_loop
 
-from .adapter import smoothed_loss
 from .api import forward as checked_forward
 from .api import init, mode
 from .checkpointing import Checkpointer
 from .decoding import greedy_decode
+from .loss import loss_and_counts
 from .model import Transformer
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -142,16 +144,6 @@ def to_tensors(batch: Mapping[str, Any], device: torch.device) -> dict[str, torc
             for k in train_data.BATCH_KEYS}
 
 
-def loss_and_counts(logits: torch.Tensor, labels: torch.Tensor, pad_id: int,
-                    label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """logits [b, t, v], labels [b, t] -> (mean smoothed loss, non-pad count, argmax hits)."""
-    loss = smoothed_loss(logits, labels, pad_id, label_smoothing)
-    with torch.no_grad():
-        keep = labels != pad_id
-        hits = ((logits.argmax(-1) == labels) & keep).sum()
-    return loss, keep.sum(), hits
-
-
 def clip_by_global_norm(grads: Sequence[torch.Tensor], clip_norm: float) -> torch.Tensor:
     """The global norm of `grads` (returned, before clipping); scales them in place by
     `clip / max(norm, clip)` when `clip_norm > 0` (optax.clip_by_global_norm)."""
@@ -210,24 +202,21 @@ def train_step(state: TrainState, micro_batches: Sequence[Mapping[str, Any]],
 def evaluate(model: Transformer, model_config: TransformerConfig, train: TrainConfig, task: Any,
              split: str, shape: tuple[int, int, int]) -> dict[str, float]:
     """Loss and token accuracy (teacher forcing) and exact match and BLEU (greedy decoding,
-    ids decoded with the task's tokenizer) over one pass of `split`, as JAX's `evaluate`."""
-    rows, src_len, tgt_len = shape
+    ids decoded with the task's tokenizer) over one pass of `split`, as JAX's `evaluate`
+    (`training.eval_pass.evaluate_split`)."""
     device = next(model.parameters()).device
-    acc = training.EvalAccumulator(task, pad_id=model_config.pad_id,
-                                     groups=training.eval_groups(task, split))
+
+    def score(fixed: Mapping[str, np.ndarray], real: int):
+        b = to_tensors(fixed, device)
+        with autocast(train, device):
+            logits = model(b["src"], b["tgt_in"])                               # [b, t, v]
+        loss, count, hits = loss_and_counts(logits, b["labels"], model_config.pad_id,
+                                            train.label_smoothing)
+        tokens = greedy_decode(model, fixed["src"][:real], shape[2])          # [real, l]
+        return float(loss) * int(count), int(count), int(hits), tokens.cpu().numpy()
+
     with mode(model, False):
-        for batch in task.batches(split, rows, 0, train.seed, 0):
-            real = len(batch["src"])
-            fixed = train_data.pad_batch(batch, rows, src_len, tgt_len, model_config.pad_id)
-            b = to_tensors(fixed, device)
-            with autocast(train, device):
-                logits = model(b["src"], b["tgt_in"])
-            loss, count, hits = loss_and_counts(logits, b["labels"], model_config.pad_id,
-                                                train.label_smoothing)
-            tokens = greedy_decode(model, fixed["src"][:real], tgt_len)
-            acc.add(float(loss) * int(count), int(count), int(hits),
-                    hypotheses=tokens.cpu().numpy(), labels=np.asarray(batch["labels"]))
-    return acc.result()
+        return evaluate_split(task, split, shape, train.seed, model_config.pad_id, score)
 
 
 def capture_internals(model: Transformer, probe: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -259,6 +248,66 @@ def seeded_rng(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
+class TorchBackend:
+    """The torch side of `training.loop.run_loop`: the live `TrainState`, its update, the
+    `step_<N>` checkpoints (weights, optimizer, scheduler, scaler and RNG states), evaluation
+    and the taps.  fp16's GradScaler skips an update whose gradients overflow, so a non-finite
+    gradient norm is only a stop in float32 and bf16."""
+
+    def __init__(self, state: TrainState, model_config: TransformerConfig, train: TrainConfig,
+                 task: Any, eval_split: str, shape: tuple[int, int, int],
+                 directory: Path) -> None:
+        self.state, self.model_config, self.train = state, model_config, train
+        self.task, self.eval_split, self.shape = task, eval_split, shape
+        self.checkpointer = Checkpointer(directory)
+        self.directory = self.checkpointer.directory
+        self.checks_grad_norm = state.scaler is None
+
+    def step(self, micro_batches):
+        return train_step(self.state, micro_batches, self.model_config, self.train)
+
+    def fetch(self, metrics):
+        return [{k: float(v) for k, v in m.items()} for m in metrics]
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.state.model, self.model_config, self.train, self.task,
+                        self.eval_split, self.shape)
+
+    def capture(self, probe):
+        return capture_internals(self.state.model, probe)
+
+    def save(self, step: int, meta: dict[str, Any]) -> None:
+        state = self.state
+        self.checkpointer.save(step, state.model.to_canonical(), self.model_config, {
+            **meta, "micro_batches": step * self.train.grad_accum_steps,
+            "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+            "rng": rng_state(state.device)})
+
+    def checkpoints(self) -> list[int]:
+        return self.checkpointer.all_steps()
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        return self.checkpointer.read_state(step)
+
+    def restore(self, step: int) -> None:
+        flat, _, saved = self.checkpointer.restore(step)
+        state = self.state
+        state.model.load_canonical(flat)
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        if state.scaler is not None and saved.get("scaler") is not None:
+            state.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])  # inside `seeded_rng`: the dropout stream of the run
+        state.step = int(saved["step"])
+
+    def delete(self, step: int) -> None:
+        self.checkpointer.delete(step)
+
+    def finish(self) -> None:
+        """Saves are synchronous."""
+
+
 def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
           output_dir: str | Path, *, resume: bool = False,
           device: str | torch.device | None = None, params: Mapping[str, Any] | None = None,
@@ -268,119 +317,40 @@ def train(model_config: TransformerConfig, train_config: TrainConfig, task: Any,
           ) -> TrainResult:
     """Train `model_config` on `task` with the plain torch loop, writing under `output_dir`.
 
-    The output folder is JAX's: `metrics.jsonl` (+ `tensorboard/`, `wandb/` when asked),
-    checkpoints in `checkpoints/step_<N>/` every `checkpoint_every` steps and at the end (the
-    last `keep_checkpoints` kept), `internals_step_<N>.npz` every `track_internals_every`
-    steps (and at step 0) on a fixed probe batch (the first `probe_size` examples of
-    `eval_split`), and the final canonical weights in `final/` (`spec.save_checkpoint`, with
-    the tokenizer).  `resume=True` continues from the latest checkpoint (a fresh start when
-    there is none).  `params` (canonical weights) replaces the seeded initialisation.  A
-    NaN/inf loss raises `training.NonFiniteLossError` naming the step; the checkpoints written
-    before it stay.  Evaluates every `eval_every` steps and at the end.
+    The loop is `training.loop.run_loop` with `TorchBackend`, and the output folder is JAX's:
+    `metrics.jsonl` (+ `tensorboard/`, `wandb/` when asked), checkpoints in
+    `checkpoints/step_<N>/` every `checkpoint_every` steps and at the end (the last
+    `keep_checkpoints` kept), `internals_step_<N>.npz` every `track_internals_every` steps
+    (and at step 0) on a fixed probe batch (the first `probe_size` examples of `eval_split`),
+    and the final canonical weights in `final/` (`spec.save_checkpoint`, with the tokenizer).
+    `resume=True` continues from the newest good checkpoint (falling back past unreadable
+    ones; a fresh start, said, when there is none); other configs or data raise
+    `training.ResumeError`.  `params` (canonical weights) replaces the seeded initialisation.
+    A NaN/inf loss (or gradient norm, unless fp16) raises `training.NonFiniteLossError` naming
+    the step; the checkpoints written before it stay.  Evaluates every `eval_every` steps and
+    at the end.
     """
     start_time = time.perf_counter()
     output_dir = Path(output_dir)
     device = torch.device(device) if device is not None else default_device()
     amp_dtype(train_config)
     training.check_task(task, model_config)
-    rows, src_len, tgt_len, per_epoch, total = train_data.run_plan(
-        task, model_config, train_config, train_split, eval_split)
-
+    plan = train_data.run_plan(task, model_config, train_config, train_split, eval_split)
     state = create_train_state(model_config, train_config, params, device,
                                gradient_checkpointing=gradient_checkpointing, compile=compile)
-    checkpointer = Checkpointer(output_dir / "checkpoints", keep=max(train_config.keep_checkpoints,
-                                                                     1))
-    latest = checkpointer.latest_step() if resume else None
-    saved: dict[str, Any] = {}
-    if latest is not None:
-        flat, _, saved = checkpointer.restore(latest)
-        training.check_resume(saved, model_config, train_config)
-        state.model.load_canonical(flat)
-        state.optimizer.load_state_dict(saved["optimizer"])
-        state.scheduler.load_state_dict(saved["scheduler"])
-        if state.scaler is not None and saved.get("scaler") is not None:
-            state.scaler.load_state_dict(saved["scaler"])
-        state.step = int(saved["step"])
-    start = state.step
-    meta = {"model_config": model_config.to_dict(), "train_config": train_config.to_dict()}
-
-    probe = training.probe_batch(task, eval_split, probe_size, src_len, tgt_len,
+    shape = (plan.rows, plan.src_len, plan.tgt_len)
+    backend = TorchBackend(state, model_config, train_config, task, eval_split, shape,
+                           output_dir / "checkpoints")
+    probe = training.probe_batch(task, eval_split, probe_size, plan.src_len, plan.tgt_len,
                                  model_config.pad_id, train_config.seed)
-    shape = (rows, src_len, tgt_len)
-    history: list[dict[str, float]] = []
-    eval_metrics: dict[str, float] = {}
-    pending: list[tuple[int, dict[str, torch.Tensor]]] = []
-    last_saved = latest
-
-    logger = training.MetricsLogger(
-        output_dir, total_steps=total, resume_step=start if resume else None,
-        tensorboard=tensorboard, wandb=wandb, wandb_project=wandb_project,
-        run_config={**meta["model_config"], **meta["train_config"]}, progress=progress)
-
-    def flush() -> None:
-        """Fetch the pending metrics, log them, stop at the first non-finite loss."""
-        fetched = [(step, {k: float(v) for k, v in m.items()}) for step, m in pending]
-        pending.clear()
-        for step, record in fetched:
-            logger.log(step, record)
-            history.append({"step": step, **record})
-            training.check_finite([(step, record["loss"])], last_saved)
-        if fetched:
-            logger.advance(len(fetched), {"loss": fetched[-1][1]["loss"]})
-        logger.flush()
-
-    def save(step: int) -> None:
-        checkpointer.save(step, state.model.to_canonical(), model_config, {
-            **meta, "step": step, "micro_batches": step * train_config.grad_accum_steps,
-            "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-            "rng": rng_state(device)})
-
-    def track(step: int) -> None:
-        training.save_internals(output_dir, step, capture_internals(state.model, probe),
-                                {k: probe[k] for k in train_data.BATCH_KEYS})
-
-    def run_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(state.model, model_config, train_config, task, eval_split, shape)
-        logger.log(step, metrics, split="eval")
-        logger.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        return metrics
-
-    try:
-        with seeded_rng(device, train_config.seed):
-            if saved:
-                set_rng_state(saved["rng"])
-            if train_config.track_internals_every and start == 0:
-                track(0)
-            stream = train_data.step_batches(task, train_split, rows,
-                                             train_config.grad_accum_steps, train_config.seed,
-                                             per_epoch, start)
-            for step, micro in stream:
-                if step > total:
-                    break
-                fixed = [train_data.pad_batch(b, rows, src_len, tgt_len, model_config.pad_id)
-                         for b in micro]
-                pending.append((step, train_step(state, fixed, model_config, train_config)))
-                last = step == total
-                if step % max(train_config.log_every, 1) == 0 or last:
-                    flush()
-                if train_config.checkpoint_every and step % train_config.checkpoint_every == 0 \
-                        or last:
-                    flush()
-                    save(step)
-                    last_saved = step
-                if train_config.track_internals_every and \
-                        step % train_config.track_internals_every == 0:
-                    track(step)
-                if train_config.eval_every and step % train_config.eval_every == 0 and not last:
-                    eval_metrics = run_eval(step)
-            flush()
-            eval_metrics = run_eval(state.step)
-        final = spec.save_checkpoint(output_dir / "final", state.model.to_canonical(),
-                                     model_config)
-        training.save_tokenizers(task, final)
-    finally:
-        logger.close()
-    return TrainResult(model=state.model, history=history, eval_metrics=eval_metrics,
-                       steps=state.step, output_dir=output_dir, final_checkpoint=final,
+    with seeded_rng(device, train_config.seed):
+        result = run_loop(backend, plan, task=task, model_config=model_config,
+                          train_config=train_config, output_dir=output_dir, probe=probe,
+                          train_split=train_split, resume=resume, tensorboard=tensorboard,
+                          wandb=wandb, wandb_project=wandb_project, progress=progress)
+    final = spec.save_checkpoint(output_dir / "final", state.model.to_canonical(), model_config)
+    training.save_tokenizers(task, final)
+    return TrainResult(model=state.model, history=result.history,
+                       eval_metrics=result.eval_metrics, steps=state.step,
+                       output_dir=output_dir, final_checkpoint=final,
                        seconds=time.perf_counter() - start_time)

@@ -5,7 +5,8 @@ one line per optimizer step for `train` and one per evaluation for `eval`.  Non-
 are written as JSON's NaN/Infinity extensions (Python's `json` reads them back).  A resumed run
 first drops the lines after the step it resumes from, so the file reads like one uninterrupted
 run.  TensorBoard goes through tensorboardX (`<output_dir>/tensorboard`); wandb runs offline
-unless `WANDB_MODE` says otherwise, writing under `<output_dir>/wandb`.
+unless `WANDB_MODE` says otherwise, writing under `<output_dir>/wandb`.  Each line is flushed
+as it is written, so a process killed with SIGKILL leaves every line it logged.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class MetricsLogger:
         values = {k: float(v) for k, v in metrics.items()}
         record = {"step": int(step), "split": split, **values}
         self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # line by line: a killed run keeps every line it logged
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))
@@ -86,8 +88,12 @@ class MetricsLogger:
         else:
             print(message, flush=True)
 
-    def flush(self) -> None:
+    def flush(self, sync: bool = False) -> None:
+        """Push buffered lines to the OS; `sync=True` also fsyncs `metrics.jsonl` (trainers do
+        at each checkpoint, so the log on disk covers every step a checkpoint holds)."""
         self._file.flush()
+        if sync:
+            os.fsync(self._file.fileno())
         if self._tb is not None:
             self._tb.flush()
 

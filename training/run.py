@@ -1,12 +1,13 @@
 """Checks and fixed inputs every trainer needs around its loop, framework-free.
 
 `check_task` (the data fits the model), `check_resume` (a resumed run trains the same model the
-same way), `probe_batch` (the fixed batch whose internals are captured during training) and
-`save_tokenizers` (the tokenizer beside the exported weights, so any implementation can decode).
+same way on the same data, else `ResumeError`), `probe_batch` (the fixed batch whose internals
+are captured during training) and `save_tokenizers` (the tokenizer beside the exported weights, so any implementation can decode).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,18 +36,52 @@ def check_task(task: Any, config: TransformerConfig) -> None:
                              f"task.model_config(...)")
 
 
+class ResumeError(ValueError):
+    """A resumed run would train another model, another way or on other data (one line naming
+    each differing field with the checkpoint's value and this run's)."""
+
+
+def data_identity(task: Any) -> dict[str, Any] | None:
+    """What a resumed run's data must agree on: `task.summary()` (task name as `task`, sizes,
+    seed, tokenizer kind and vocabularies, languages, ...); None for a task without one."""
+    summary = getattr(task, "summary", None)
+    if not callable(summary):
+        return None
+    data = dict(summary())
+    if "name" in data:
+        data["task"] = data.pop("name")
+    return json.loads(json.dumps(data))  # the JSON form, as a checkpoint's meta reads back
+
+
+def _differences(before: Mapping[str, Any], now: Mapping[str, Any],
+                 skip: frozenset[str] = frozenset()) -> list[str]:
+    keys = [k for k in dict.fromkeys([*now, *before]) if k not in skip]
+    return [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in keys
+            if before.get(k) != now.get(k)]
+
+
 def check_resume(saved: Mapping[str, Any], model_config: TransformerConfig,
-                 train_config: TrainConfig) -> None:
-    """`saved` holds the checkpoint's `model_config` and `train_config` dicts; ValueError
-    naming what differs when the resumed run would train another model or another way."""
-    if saved.get("model_config") != model_config.to_dict():
-        raise ValueError(f"cannot resume: the checkpoint was written for model config "
-                         f"{saved.get('model_config')}, not {model_config.to_dict()}")
-    before, now = dict(saved.get("train_config", {})), train_config.to_dict()
-    differ = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
-    if differ:
-        raise ValueError(f"cannot resume: train config field(s) {differ} differ from the "
-                         f"checkpoint's ({ {k: before.get(k) for k in differ} })")
+                 train_config: TrainConfig, data: Mapping[str, Any] | None = None) -> None:
+    """`saved` holds the checkpoint's `model_config`, `train_config` (and `data`) dicts;
+    ResumeError naming every field that differs (checkpoint's value -> this run's) when the
+    resumed run would train another model, another way or on other data.  Only
+    `RESUMABLE_CHANGES` of the train config may differ."""
+    groups = [("model config", saved.get("model_config") or {}, model_config.to_dict(),
+               frozenset()),
+              ("train config", saved.get("train_config") or {}, train_config.to_dict(),
+               RESUMABLE_CHANGES)]
+    if data is not None and saved.get("data") is not None:
+        groups.append(("data", saved["data"], json.loads(json.dumps(dict(data))), frozenset()))
+    parts = []
+    for what, before, now, skip in groups:
+        differ = _differences(before, now, skip)
+        if differ:
+            names = [d.split(" ", 1)[0] for d in differ]
+            parts.append(f"{what} field(s) {names} differ from the checkpoint's: "
+                         + ", ".join(differ))
+    if parts:
+        raise ResumeError("cannot resume: " + "; ".join(parts)
+                          + " (start a new --output_dir, or resume with the run's own settings)")
 
 
 def probe_batch(task: Any, split: str, size: int, src_len: int, tgt_len: int, pad_id: int,
