@@ -108,34 +108,52 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, pad_id: int,
     """`[b, t, v]` logits, `[b, t]` labels -> (sum of per-token losses, non-pad count).
 
     The target distribution is optax.smooth_labels' `(1 - eps) * onehot + eps / v`, whose
-    cross-entropy is `(1 - eps) * nll + eps * mean_v(-log p)`: written that way, with optax's
-    integer-label cross-entropy, no `[b, t, v]` target array is built (measurably faster on
-    CPU at vocabulary 8000).  Pad labels weigh 0: the mean is `sum / max(count, 1)`, as in
-    `spec.label_smoothed_cross_entropy`.
+    cross-entropy is `(1 - eps) * nll + eps * mean_v(-log p)`: written that way no `[b, t, v]`
+    target array is built.  The log-softmax is computed once (optax's integer-label loss computed
+    its own, a second pass over `[b, t, v]`) and the label's entry picked by a one-hot select,
+    elementwise, fused by XLA into the reductions.  Pad labels weigh 0: the mean is `sum / max(count, 1)`,
+    as in `spec.label_smoothed_cross_entropy`.
     """
-    logits = logits.astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [b, t]
-    uniform = -jax.nn.log_softmax(logits).mean(-1)                       # [b, t]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))                 # [b, t, v]
+    onehot = labels[..., None] == jnp.arange(logp.shape[-1])              # [b, t, v]
+    nll = -jnp.where(onehot, logp, 0.0).sum(-1)                           # [b, t]
+    uniform = -logp.mean(-1)                                              # [b, t]
     per_token = (1.0 - smoothing) * nll + smoothing * uniform             # [b, t]
     keep = (labels != pad_id).astype(jnp.float32)
     return (per_token * keep).sum(), keep.sum()
 
 
+def argmax_hits(logits: jax.Array, labels: jax.Array, pad_id: int) -> jax.Array:
+    """Non-pad positions whose argmax (the first maximum, as `jnp.argmax`) is the label.
+
+    The first maximum's index is a `min` over the positions equal to the max: elementwise ops
+    and reductions XLA:CPU fuses, where `argmax`'s (value, index) reduction was as slow as a
+    whole log-softmax at vocabulary 8000.  `[b, t, v]`, `[b, t]` -> `[b, t]` bool."""
+    vocab = jnp.arange(logits.shape[-1])                                  # [v]
+    top = logits.max(-1, keepdims=True)                                   # [b, t, 1]
+    first = jnp.where(logits == top, vocab, logits.shape[-1]).min(-1)     # [b, t]
+    return (first == labels) & (labels != pad_id)
+
+
 def apply_model(params: Any, model_config: TransformerConfig, src: jax.Array, tgt: jax.Array,
                 *, dropout_key: jax.Array | None = None, dtype: jnp.dtype = jnp.float32,
-                capture: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                capture: bool = False, remat: bool = False
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Traceable forward: logits `[b, t, v]` and the canonical intermediates (when `capture`).
 
     Dropout is on exactly when `dropout_key` is given.  With `dtype=bfloat16` the parameters
     are cast for the computation only; gradients flow back to the float32 masters.
+    `remat=True`: gradient checkpointing per layer (`jax_model.Transformer(remat=True)`).
     """
     if dtype != jnp.float32:
         params = jax.tree.map(lambda p: p.astype(dtype), params)
     deterministic = dropout_key is None
-    if not capture:
-        return jax_model.apply(params, model_config, src, tgt, deterministic, dropout_key), {}
     rngs = None if deterministic else {"dropout": dropout_key}
-    logits, state = jax_model.Transformer(model_config).apply(
+    model = jax_model.Transformer(model_config, remat=remat)
+    if not capture:
+        return model.apply({"params": params}, src, tgt, deterministic=deterministic,
+                           rngs=rngs), {}
+    logits, state = model.apply(
         {"params": params}, src, tgt, deterministic=deterministic, rngs=rngs,
         mutable=["intermediates"])
     return logits, flatten_sown(state["intermediates"])
@@ -143,7 +161,7 @@ def apply_model(params: Any, model_config: TransformerConfig, src: jax.Array, tg
 
 def loss_fn(params: Any, batch: Batch, model_config: TransformerConfig,
             label_smoothing: float = 0.1, *, dropout_key: jax.Array | None = None,
-            dtype: jnp.dtype = jnp.float32, capture: bool = False
+            dtype: jnp.dtype = jnp.float32, capture: bool = False, remat: bool = False
             ) -> tuple[jax.Array, dict[str, Any]]:
     """Mean label-smoothed loss over the non-pad labels of one `[b, len]` batch.
 
@@ -151,10 +169,11 @@ def loss_fn(params: Any, batch: Batch, model_config: TransformerConfig,
     and `inter` (canonical intermediates when `capture`, else empty).
     """
     logits, inter = apply_model(params, model_config, batch["src"], batch["tgt_in"],
-                                dropout_key=dropout_key, dtype=dtype, capture=capture)
+                                dropout_key=dropout_key, dtype=dtype, capture=capture,
+                                remat=remat)
     labels = batch["labels"]
     total, count = smoothed_cross_entropy(logits, labels, model_config.pad_id, label_smoothing)
-    hits = (logits.argmax(-1) == labels) & (labels != model_config.pad_id)
+    hits = argmax_hits(logits, labels, model_config.pad_id)
     aux = {"tokens": count, "correct": hits.sum(), "inter": inter}
     return total / jnp.maximum(count, 1.0), aux
 
@@ -189,7 +208,7 @@ def make_train_step(model_config: TransformerConfig, train: TrainConfig, mesh=No
         use_dropout = model_config.dropout_rate > 0 or model_config.attention_dropout_rate > 0
         (loss, aux), grads = grad_fn(params, micro, model_config, train.label_smoothing,
                                      dropout_key=key if use_dropout else None, dtype=dtype,
-                                     capture=capture)
+                                     capture=capture, remat=train.gradient_checkpointing)
         return loss, aux, grads
 
     def step(state: TrainState, batch: Batch):
@@ -240,7 +259,7 @@ def make_eval_step(model_config: TransformerConfig, train: TrainConfig, mesh=Non
         labels = batch["labels"]
         total, count = smoothed_cross_entropy(logits, labels, model_config.pad_id,
                                               train.label_smoothing)
-        hits = (logits.argmax(-1) == labels) & (labels != model_config.pad_id)
+        hits = argmax_hits(logits, labels, model_config.pad_id)
         return {"loss_sum": total, "tokens": count, "correct": hits.sum()}
 
     if mesh is None:

@@ -50,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
     track_internals_every: int = 0
+    gradient_checkpointing: bool = False  # recompute each layer in the backward (less memory)
 
     def __post_init__(self) -> None:
         def fail(field: str, expected: str) -> None:
