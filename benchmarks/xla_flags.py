@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import interleaved_medians, limit_threads, load_average  # noqa: E402
 
-CANDIDATES: dict[str, dict[str, str]] = {
+CANDIDATES: dict[str, dict[str, str | bool]] = {
     "defaults": {},
     "prefer_vector_width=512": {"xla_cpu_prefer_vector_width": "512"},
     "ynn fusions off (Eigen dots)": {"xla_cpu_experimental_ynn_fusion_type": ""},
-    "onednn": {"xla_cpu_use_onednn": "true"},
-    "concurrency scheduler": {"xla_cpu_enable_concurrency_optimized_scheduler": "true"},
+    "onednn": {"xla_cpu_use_onednn": True},
+    "concurrency scheduler": {"xla_cpu_enable_concurrency_optimized_scheduler": True},
 }
 
 
