@@ -272,6 +272,7 @@ class Encoder(nn.Module):
 
     config: TransformerConfig
     shared: TokenTable | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, src: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -281,8 +282,11 @@ class Encoder(nn.Module):
         x = Embed(cfg, name="embed")(table(src), src, deterministic=deterministic,
                                      norm=embed_norm(cfg))
         mask = padding_mask(src, cfg.pad_id)  # [b, 1, 1, s]
+        # remat: keep only each layer's input for the backward pass; `deterministic` (argument
+        # 3, counting self) is a Python bool, so static
+        layer = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
         for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
+            x = layer(cfg, name=f"layer_{i}")(x, mask, deterministic)
         if cfg.norm_position == "pre":
             x = LayerNorm(cfg, name="final_norm")(x)
         return tap(self, "output", x)
@@ -313,6 +317,7 @@ class Decoder(nn.Module):
     config: TransformerConfig
     projection: OutputProjection
     shared: TokenTable | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, encoded: jax.Array, src: jax.Array, tgt: jax.Array,
@@ -324,9 +329,11 @@ class Decoder(nn.Module):
                                      norm=embed_norm(cfg))
         self_mask = causal_mask(tgt.shape[1])        # [1, 1, t, t]
         cross_mask = padding_mask(src, cfg.pad_id)   # [b, 1, 1, s]
+        # remat as in the Encoder; `deterministic` and `decode` are arguments 5 and 6
+        layer = nn.remat(DecoderLayer, static_argnums=(5, 6)) if self.remat else DecoderLayer
         for i in range(cfg.num_decoder_layers):
-            x = DecoderLayer(cfg, name=f"layer_{i}")(x, encoded, self_mask, cross_mask,
-                                                     deterministic=deterministic, decode=decode)
+            x = layer(cfg, name=f"layer_{i}")(x, encoded, self_mask, cross_mask, deterministic,
+                                              decode)
         if cfg.norm_position == "pre":
             x = LayerNorm(cfg, name="final_norm")(x)
         return self.projection(tap(self, "output", x), table)  # [b, t, v]
@@ -337,9 +344,11 @@ class Transformer(nn.Module):
 
     `Transformer(config).apply({"params": params}, src, tgt, deterministic=False,
     rngs={"dropout": key})` is the pure training forward; add `mutable=["intermediates"]` to
-    also get every sown intermediate."""
+    also get every sown intermediate.  `remat=True` recomputes each encoder and decoder layer
+    in the backward pass (gradient checkpointing: less memory, the same gradients)."""
 
     config: TransformerConfig
+    remat: bool = False
 
     def setup(self) -> None:
         cfg = self.config
@@ -348,8 +357,8 @@ class Transformer(nn.Module):
             self.shared_embedding = TokenTable(cfg, "encoder")
             shared = self.shared_embedding
         self.output = OutputProjection(cfg)
-        self.encoder = Encoder(cfg, shared=shared)
-        self.decoder = Decoder(cfg, projection=self.output, shared=shared)
+        self.encoder = Encoder(cfg, shared=shared, remat=self.remat)
+        self.decoder = Decoder(cfg, projection=self.output, shared=shared, remat=self.remat)
 
     def encode(self, src: jax.Array, deterministic: bool = True) -> jax.Array:
         """`[b, s]` ids -> encoder output `[b, s, m]`."""

@@ -22,7 +22,7 @@ from .data import pad_batch
 # optimisation may not.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "cooldown_steps", "log_every",
                                "eval_every", "checkpoint_every", "keep_checkpoints",
-                               "track_internals_every"})
+                               "track_internals_every", "gradient_checkpointing"})
 
 
 def check_task(task: Any, config: TransformerConfig) -> None:
