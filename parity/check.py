@@ -85,7 +85,12 @@ def torch_full_precision() -> None:
 
 def import_other_frameworks() -> None:
     """torch, the mirror and transformers' models, imported once in the main thread before
-    the sections' threads need them."""
+    the sections' threads need them.  Torch gets one intra-op thread: the tiny model's ops
+    gain nothing from more, and on a busy machine torch's spinning worker threads cost more CPU
+    than the ops themselves (ten Adam steps: 0.2 s of CPU with one thread, 7 s with two)."""
+    import torch
+
+    torch.set_num_threads(1)
     torch_full_precision()
     import transformers.models.marian.modeling_marian  # noqa: F401
 
