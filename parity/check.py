@@ -28,9 +28,9 @@ import dataclasses
 import fnmatch
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -54,7 +54,13 @@ FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
 def force_full_precision() -> None:
-    """Full float32 matmuls on every backend: no TF32 in torch, 'highest' in jax.
+    """Full float32 matmuls on every backend: no TF32 in torch, 'highest' in jax."""
+    jax_full_precision()
+    torch_full_precision()
+
+
+def jax_full_precision() -> None:
+    """JAX's half of `force_full_precision`: 'highest' matmul precision.
 
     Also turns on JAX's persistent compilation cache (`TLAB_JAX_CACHE`, default
     ~/.cache/transformer-lab/jax; "off" disables it): XLA compilation is most of a run's time
@@ -284,25 +290,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    force_full_precision()
-    loaded: dict = {}
-
-    def load() -> None:
+    jax_full_precision()  # torch's half in import_other_frameworks
+    with ThreadPoolExecutor(1) as pool:  # JAX's init compiles while torch is imported
+        loading = pool.submit(load_model, args)
+        import_other_frameworks()
         try:
-            config, flat = load_model(args)
-            loaded["ctx"] = Context(config, flat, make_batch(config, args.seed, args.batch,
-                                                             args.src_len, args.tgt_len), args)
+            config, flat = loading.result()
+            ctx = Context(config, flat, make_batch(config, args.seed, args.batch, args.src_len,
+                                                   args.tgt_len), args)
         except (ValueError, FileNotFoundError) as e:
-            loaded["error"] = e
-
-    loader = threading.Thread(target=load)  # JAX's init compiles while torch is imported
-    loader.start()
-    import_other_frameworks()
-    loader.join()
-    if "error" in loaded:
-        print(f"parity.check: {loaded['error']}", file=sys.stderr)
-        return 2
-    ctx = loaded["ctx"]
+            print(f"parity.check: {e}", file=sys.stderr)
+            return 2
     checks = run_sections(ctx, args.section)
     if args.only:
         checks = [c for c in checks if fnmatch.fnmatchcase(c.name, args.only)
