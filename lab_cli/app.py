@@ -100,8 +100,11 @@ def run_setup(args: argparse.Namespace, setup: RunSetup) -> dict[str, Any]:
 
 def format_run(version: str, summary: dict[str, Any]) -> str:
     m = summary["eval_metrics"]
+    groups = [k for k in m if k.startswith("exact_match_")]  # per language, per digit count
     lines = [f"{version}: {summary['steps']} steps in {summary['seconds']:.1f} s; held-out "
-             + ", ".join(f"{k} {v:.4g}" for k, v in m.items())]
+             + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in groups)]
+    if groups:
+        lines.append("  exact match per group: " + ", ".join(f"{k} {m[k]:.4g}" for k in groups))
     if summary.get("warning"):
         lines.append(f"  warning: {summary['warning']}")
     for row in summary["translations"][:4]:

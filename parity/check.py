@@ -7,16 +7,31 @@ for every parameter, greedy and beam decoding tokens, cached against full decodi
 steps; against HF's own MarianMT on the same tiny model made Marian-compatible.  Prints one
 table, writes a JSON report with `--json`, exits 1 on any mismatch or any name on one side only,
 and 2 (argparse's one `error:` line) for a usage error.
+
+Speed (a first run has an empty JAX compilation cache): XLA compiling the tiny model's
+programs is most of the CPU time, so the sections run side by side in threads, and inside a
+section the JAX reference and the other implementations run side by side too (`runners.together`):
+XLA compiles in its own threads, off the GIL, while torch and HF run.  The weights' init
+compiles while torch and transformers are imported.  XLA's LLVM backend runs at -O0 here (the
+tiny programs run in microseconds; compiling them at -O2 costs seconds; float semantics are
+the same, no fast-math either way), unless XLA_FLAGS already sets the optimisation level.
+
+Adding a section: write `def my_checks(config, flat, batch, args=None) -> list[Check]` (the
+config, canonical weights, batch, and the parsed command line or None) and append
+`Section("my_checks", my_checks)` to SECTIONS; `--section my_checks` then selects it, and the
+table lists its rows after those of the sections before it.  Options go in `parse_args`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,18 +47,32 @@ from spec import (  # noqa: E402
 from . import interventions, runners, tolerances  # noqa: E402
 from .batch import make_batch  # noqa: E402
 from .report import Check, compare, compare_tokens, format_table, interleave, write_json  # noqa: E402
+from .runners import together  # noqa: E402
 
 LABEL_SMOOTHING = 0.1
 
 
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+
+
 def force_full_precision() -> None:
-    """Full float32 matmuls on every backend: no TF32 in torch, 'highest' in jax.
+    """Full float32 matmuls on every backend: no TF32 in torch, 'highest' in jax."""
+    jax_full_precision()
+    torch_full_precision()
+
+
+def jax_full_precision() -> None:
+    """JAX's half of `force_full_precision`: 'highest' matmul precision.
 
     Also turns on JAX's persistent compilation cache (`TLAB_JAX_CACHE`, default
     ~/.cache/transformer-lab/jax; "off" disables it): XLA compilation is most of a run's time
-    on a CPU, and the cache is keyed by the program and flags, so results cannot change."""
+    on a CPU, and the cache is keyed by the program and flags, so results cannot change.
+    XLA_FLAGS gets `FAST_COMPILE_FLAG` (module docstring) unless it sets that level itself;
+    it only acts if JAX's backend has not started yet in this process."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAG}".strip()
     import jax
-    import torch
 
     jax.config.update("jax_default_matmul_precision", "highest")
     cache = os.environ.get("TLAB_JAX_CACHE",
@@ -51,9 +80,40 @@ def force_full_precision() -> None:
     if cache != "off":
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def torch_full_precision() -> None:
+    """Torch's half of `force_full_precision` (imports torch, so it overlaps JAX's init)."""
+    import torch
+
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
+
+
+def import_other_frameworks() -> None:
+    """torch, the mirror and transformers' models, imported once in the main thread before
+    the sections' threads need them.  Torch gets one intra-op thread: the tiny model's ops
+    gain nothing from more, and on a busy machine torch's spinning worker threads cost more CPU
+    than the ops themselves (ten Adam steps: 0.2 s of CPU with one thread, 7 s with two)."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch_full_precision()
+    import transformers.models.marian.modeling_marian  # noqa: F401
+
+    import hf_bridge  # noqa: F401
+    import torch_model  # noqa: F401
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every section gets: the model under check, the batch and the parsed options."""
+
+    config: TransformerConfig
+    flat: dict
+    batch: dict
+    args: argparse.Namespace
 
 
 def load_model(args: argparse.Namespace) -> tuple[TransformerConfig, dict | None]:
@@ -74,16 +134,21 @@ def random_weights(config: TransformerConfig, seed: int) -> dict:
     return jax_model.to_canonical(jax_model.init(config, seed))
 
 
-def forward_and_gradients(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
+def forward_and_gradients(config: TransformerConfig, flat: dict, batch: dict,
+                          args: argparse.Namespace | None = None) -> list[Check]:
     """Every intermediate and the logits, then the loss and every parameter's gradient, of the
     torch mirror and the HF model against JAX.  HF's own `*_attentions` outputs are checked
     against the JAX weights of the same canonical name."""
     b, s = batch["src"].shape
     order = list(intermediate_shapes(config, b, s, batch["tgt_in"].shape[1]))
-    reference = runners.jax_forward(flat, config, batch)
-    checks = compare("torch~jax", runners.torch_forward(flat, config, batch), reference,
-                     tolerances.FORWARD, order)
-    hf = runners.hf_forward(flat, config, batch)
+    (reference, torch_inter, hf, (ref_loss, ref_grads), *others) = together(
+        lambda: runners.jax_forward(flat, config, batch),
+        lambda: runners.torch_forward(flat, config, batch),
+        lambda: runners.hf_forward(flat, config, batch),
+        lambda: runners.jax_loss_and_grads(flat, config, batch, LABEL_SMOOTHING),
+        lambda: runners.torch_loss_and_grads(flat, config, batch, LABEL_SMOOTHING),
+        lambda: runners.hf_loss_and_grads(flat, config, batch, LABEL_SMOOTHING))
+    checks = compare("torch~jax", torch_inter, reference, tolerances.FORWARD, order)
     hf_outputs = {k.removeprefix("hf_output:"): v for k, v in hf.items()
                   if k.startswith("hf_output:")}
     checks += compare("hf~jax", {k: v for k, v in hf.items() if not k.startswith("hf_output:")},
@@ -92,18 +157,16 @@ def forward_and_gradients(config: TransformerConfig, flat: dict, batch: dict) ->
     checks += compare("hf~jax", hf_outputs, {n: reference[n] for n in attn_order},
                       tolerances.FORWARD, attn_order, prefix="hf_output:")
 
-    ref_loss, ref_grads = runners.jax_loss_and_grads(flat, config, batch, LABEL_SMOOTHING)
     grad_order = list(param_shapes(config))
-    for pair, run in (("torch~jax", runners.torch_loss_and_grads),
-                      ("hf~jax", runners.hf_loss_and_grads)):
-        loss, grads = run(flat, config, batch, LABEL_SMOOTHING)
+    for pair, (loss, grads) in zip(("torch~jax", "hf~jax"), others):
         checks += compare(pair, {"loss": loss}, {"loss": ref_loss}, tolerances.FORWARD)
         checks += compare(pair, grads, ref_grads, tolerances.GRADIENT, grad_order,
                           prefix="grad/")
     return interleave(checks)
 
 
-def marian(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
+def marian(config: TransformerConfig, flat: dict, batch: dict,
+           args: argparse.Namespace | None = None) -> list[Check]:
     """HF's own MarianMT on the same weights, the config made Marian-compatible (split
     positions; Marian is post-LN).  A config Marian cannot express is reported, not hidden."""
     from hf_bridge.marian import marian_compatible
@@ -115,8 +178,8 @@ def marian(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
                       f"skipped: {e}")]
     b, s = batch["src"].shape
     order = list(intermediate_shapes(config, b, s, batch["tgt_in"].shape[1]))
-    got = runners.marian_forward(flat, config, batch)
-    reference = runners.jax_forward(flat, config, batch)
+    got, reference = together(lambda: runners.marian_forward(flat, config, batch),
+                              lambda: runners.jax_forward(flat, config, batch))
     return compare("marian~jax", got, {n: reference[n] for n in got if n in reference},
                    tolerances.FORWARD, [n for n in order if n in got], prefix="marian:")
 
@@ -125,28 +188,33 @@ BEAM_SIZE = 3
 BEAM_ALPHA = 0.8  # not 1.0, so a wrong length-penalty exponent shows
 
 
-def decoding(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
+def decoding(config: TransformerConfig, flat: dict, batch: dict,
+             args: argparse.Namespace | None = None) -> list[Check]:
     """Greedy and beam tokens of torch and HF `generate` against JAX, and for JAX and torch
     each step of the cached decode against one full causal forward over the decoded tokens.
     Decoding runs for the batch's target length, so that full forward reuses its compilation."""
-    src = batch["src"]
-    DECODE_LEN = batch["tgt_in"].shape[1]  # noqa: N806
-    checks = []
-    ref_greedy, jax_steps = runners.jax_decode(flat, config, src, DECODE_LEN, capture=True)
-    torch_greedy, torch_steps = runners.torch_decode(flat, config, src, DECODE_LEN, capture=True)
-    checks.append(compare_tokens("decode/greedy", "torch~jax", torch_greedy, ref_greedy))
-    checks.append(compare_tokens("decode/greedy", "hf~jax",
-                                 runners.hf_generate(flat, config, src, DECODE_LEN), ref_greedy))
-    ref_beam, _ = runners.jax_decode(flat, config, src, DECODE_LEN, BEAM_SIZE, BEAM_ALPHA)
-    torch_beam, _ = runners.torch_decode(flat, config, src, DECODE_LEN, BEAM_SIZE, BEAM_ALPHA)
-    checks.append(compare_tokens(f"decode/beam{BEAM_SIZE}", "torch~jax", torch_beam, ref_beam))
-    checks.append(compare_tokens(f"decode/beam{BEAM_SIZE}", "hf~jax",
-                                 runners.hf_generate(flat, config, src, DECODE_LEN, BEAM_SIZE,
-                                                     BEAM_ALPHA), ref_beam))
-    for pair, tokens, steps, forward in (
-            ("jax-cached~full", ref_greedy, jax_steps, runners.jax_forward),
-            ("torch-cached~full", torch_greedy, torch_steps, runners.torch_forward)):
-        cached, full = runners.cached_vs_full(flat, config, src, tokens, steps, forward)
+    src, decode_len = batch["src"], batch["tgt_in"].shape[1]
+
+    def greedy_and_steps(decode, forward):
+        """Greedy tokens and the cached-vs-full attention weights of one implementation."""
+        tokens, steps = decode(flat, config, src, decode_len, capture=True)
+        return tokens, runners.cached_vs_full(flat, config, src, tokens, steps, forward)
+
+    (ref_greedy, jax_steps), (torch_greedy, torch_steps), hf_greedy, \
+        (ref_beam, _), (torch_beam, _), hf_beam = together(
+            lambda: greedy_and_steps(runners.jax_decode, runners.jax_forward),
+            lambda: greedy_and_steps(runners.torch_decode, runners.torch_forward),
+            lambda: runners.hf_generate(flat, config, src, decode_len),
+            lambda: runners.jax_decode(flat, config, src, decode_len, BEAM_SIZE, BEAM_ALPHA),
+            lambda: runners.torch_decode(flat, config, src, decode_len, BEAM_SIZE, BEAM_ALPHA),
+            lambda: runners.hf_generate(flat, config, src, decode_len, BEAM_SIZE, BEAM_ALPHA))
+    beam = f"decode/beam{BEAM_SIZE}"
+    checks = [compare_tokens("decode/greedy", "torch~jax", torch_greedy, ref_greedy),
+              compare_tokens("decode/greedy", "hf~jax", hf_greedy, ref_greedy),
+              compare_tokens(beam, "torch~jax", torch_beam, ref_beam),
+              compare_tokens(beam, "hf~jax", hf_beam, ref_beam)]
+    for pair, (cached, full) in (("jax-cached~full", jax_steps),
+                                 ("torch-cached~full", torch_steps)):
         checks += compare(pair, cached, full, tolerances.FORWARD, prefix="decode/")
     return checks
 
@@ -154,7 +222,8 @@ def decoding(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
 ADAM_STEPS = 10
 
 
-def optimizer_steps(config: TransformerConfig, flat: dict, batch: dict) -> list[Check]:
+def optimizer_steps(config: TransformerConfig, flat: dict, batch: dict,
+                    args: argparse.Namespace | None = None) -> list[Check]:
     """Ten Adam steps of each trainer's own step function (optax vs torch.optim) on the same
     batches, dropout off: every parameter after every step.  The warm-up ramp and clipping are
     on, so the schedule and the clip are checked too."""
@@ -166,8 +235,8 @@ def optimizer_steps(config: TransformerConfig, flat: dict, batch: dict) -> list[
     b, s = batch["src"].shape
     t = batch["tgt_in"].shape[1]
     batches = [batch] + [make_batch(config, 1000 + i, b, s, t) for i in range(ADAM_STEPS - 1)]
-    reference = runners.jax_adam_steps(flat, config, batches, train)
-    got = runners.torch_adam_steps(flat, config, batches, train)
+    reference, got = together(lambda: runners.jax_adam_steps(flat, config, batches, train),
+                              lambda: runners.torch_adam_steps(flat, config, batches, train))
     order = list(param_shapes(config))
     checks = []
     for step, (params, ref) in enumerate(zip(got, reference), start=1):
@@ -176,15 +245,46 @@ def optimizer_steps(config: TransformerConfig, flat: dict, batch: dict) -> list[
     return checks
 
 
-SECTIONS: dict[str, Callable[[TransformerConfig, dict, dict], list[Check]]] = {
-    "forward": forward_and_gradients,
-    "decoding": decoding,
-    "optimizer": optimizer_steps,
-    "marian": marian,
-    "interventions": interventions.full,
-}
-# what a run without --section uses instead of a section's full set (the 30 s budget)
-DEFAULT_RUN = {"interventions": interventions.quick}
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One group of checks: `--section name` selects it; `run(config, flat, batch, args)`
+    returns its rows (`args`: the parsed command line, None when called from code).  `quick`,
+    when given, is what a run without `--section` uses instead (the default run's budget)."""
+
+    name: str
+    run: Callable[..., list[Check]]
+    quick: Callable[..., list[Check]] | None = None
+
+
+def _without_args(fn: Callable[[TransformerConfig, dict, dict], list[Check]]
+                  ) -> Callable[..., list[Check]]:
+    return lambda config, flat, batch, args=None: fn(config, flat, batch)
+
+
+# The registry, in report order.  Sections run side by side, so none may rely on another.
+SECTIONS: list[Section] = [
+    Section("forward", forward_and_gradients),
+    Section("decoding", decoding),
+    Section("optimizer", optimizer_steps),
+    Section("marian", marian),
+    Section("interventions", _without_args(interventions.full),
+            quick=_without_args(interventions.quick)),
+]
+
+
+def section_names() -> list[str]:
+    return [section.name for section in SECTIONS]
+
+
+def run_sections(ctx: Context, names: list[str] | None = None) -> list[Check]:
+    """The chosen sections (default all, each in its `quick` form), side by side; their rows
+    in registry order."""
+    chosen = [section for section in SECTIONS if names is None or section.name in names]
+    runs = [section.run if names is not None or section.quick is None else section.quick
+            for section in chosen]
+    results = together(*(lambda run=run: run(ctx.config, ctx.flat, ctx.batch, ctx.args)
+                         for run in runs))
+    return [check for rows in results for check in rows]
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -258,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source length (default 7)")
     p.add_argument("--tgt-len", type=_int_at_least(2), default=5,
                    help="target length (default 5)")
-    p.add_argument("--section", action="append", choices=list(SECTIONS),
+    p.add_argument("--section", action="append", choices=section_names(),
                    help="run only this group of checks (repeatable; default: all)")
     p.add_argument("--only", metavar="PATTERN",
                    help="report only checks whose name matches this glob (e.g. '*cross_attn*')")
@@ -305,13 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         batch = make_batch(config, args.seed, args.batch, args.src_len, args.tgt_len)
     except (ValueError, FileNotFoundError) as e:
         return usage_exit(parser, usage_error(args, e))
-    force_full_precision()
-    if flat is None:
-        flat = random_weights(config, args.seed)
-    checks: list[Check] = []
-    for name in args.section or list(SECTIONS):
-        run = SECTIONS[name] if args.section else DEFAULT_RUN.get(name, SECTIONS[name])
-        checks += run(config, flat, batch)
+    jax_full_precision()  # torch's half in import_other_frameworks
+    with ThreadPoolExecutor(1) as pool:  # JAX's init compiles while torch is imported
+        init = pool.submit(random_weights, config, args.seed) if flat is None else None
+        import_other_frameworks()
+        ctx = Context(config, init.result() if init else flat, batch, args)
+    checks = run_sections(ctx, args.section)
     if args.only:
         checks = [c for c in checks if fnmatch.fnmatchcase(c.name, args.only)
                   or fnmatch.fnmatchcase(c.name, f"*{args.only}*")]
@@ -320,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(checks, verbose=not args.quiet))
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.json:
-        write_json(args.json, checks, {"config": config.to_dict(), "seed": args.seed})
+        write_json(args.json, checks, {"config": ctx.config.to_dict(), "seed": args.seed})
     return 0 if all(c.ok for c in checks) else 1
 
 

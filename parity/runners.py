@@ -7,7 +7,10 @@ JAX is imported only by the `jax_*` functions and torch only by the others, at c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -17,12 +20,34 @@ Flat = Mapping[str, np.ndarray]
 Batch = Mapping[str, np.ndarray]
 
 
+def together(*thunks: Callable[[], Any]) -> list[Any]:
+    """Run the thunks side by side in threads; their results in order (the first error is
+    raised).  XLA compiles in its own threads without the GIL, so the JAX reference compiles
+    while torch and HF compute; torch, HF and JAX are each given their own models."""
+    if len(thunks) == 1:
+        return [thunks[0]()]
+    with ThreadPoolExecutor(len(thunks)) as pool:
+        return [f.result() for f in [pool.submit(thunk) for thunk in thunks]]
+
+
+_jax_locks: dict[tuple, threading.Lock] = {}
+_jax_locks_guard = threading.Lock()
+
+
+def _once_per_program(*key: Any) -> threading.Lock:
+    """A lock per JAX program (config and shapes): two threads that need the same program
+    compile it once, the second waiting for the first's compilation cache entry."""
+    with _jax_locks_guard:
+        return _jax_locks.setdefault(key, threading.Lock())
+
+
 # -- JAX (the reference) ---------------------------------------------------------------------
 def jax_forward(flat: Flat, config: TransformerConfig, batch: Batch) -> dict[str, np.ndarray]:
     import jax_model
 
     params = jax_model.from_canonical(flat, config)
-    _, inter = jax_model.forward(params, config, batch["src"], batch["tgt_in"], capture=True)
+    with _once_per_program("forward", config, batch["src"].shape, batch["tgt_in"].shape):
+        _, inter = jax_model.forward(params, config, batch["src"], batch["tgt_in"], capture=True)
     return inter
 
 

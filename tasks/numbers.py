@@ -2,8 +2,16 @@
 
 A toy translation task with real linguistic structure: German writes long compounds with
 inverted tens ("einundzwanzig"), French counts in twenties with hyphens ("quatre-vingt-dix"),
-Korean groups by ten thousand in Hangul ("이만 천" = 21000). Numbers are drawn without
-replacement from [0, max_number), so the held-out evaluation numbers never occur in training.
+Korean groups by ten thousand in Hangul ("이만 천" = 21000).
+
+Numbers are drawn by magnitude, not uniformly from [0, max_number) (where almost all numbers
+have six digits, and a model never sees "seven"): the digit count is uniform over 1 ..
+digits(max_number - 1), then the number is uniform among those with that count ([0, 10) for
+one digit, so 0 is in). The held-out numbers of each digit count are drawn first, at most a
+fifth of that count's numbers (two of the ten one-digit numbers, never 0: "zero" occurs in no
+other number, so it could not be learnt), spread as evenly over the digit counts as those caps
+allow; training draws only from the rest, with replacement (there are only ten one-digit
+numbers), so train and eval hold disjoint sets of numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from num2words import CONVERTER_CLASSES, num2words
 from .tokenizer import lang_token
 
 DEFAULT_MAX_NUMBER = 1_000_000
+# At most 1/HELD_OUT_SHARE of the numbers of one digit count are held out; the rest train.
+HELD_OUT_SHARE = 5
+# Numbers never held out: "zero" is part of no other number, so a model could not learn it.
+ALWAYS_TRAINED = frozenset({0})
 # num2words takes ~100 us a number: above this many conversions they are shared out to worker
 # processes (one per core), in order, so the result is the same as a plain loop's.
 PARALLEL_MIN = 20_000
@@ -49,28 +61,81 @@ def number_words(n: int, lang: str) -> str:
     return normalize(num2words(int(n), lang=lang))
 
 
+def digit_count(n: int) -> int:
+    """The number of decimal digits of `n >= 0` (0 has one)."""
+    return len(str(int(n)))
+
+
+def magnitude(n: int) -> str:
+    """The evaluation group of `n`: "1digit" ... "6digit" (`exact_match_<magnitude>`)."""
+    return f"{digit_count(n)}digit"
+
+
+def magnitude_ranges(max_number: int) -> list[tuple[int, int]]:
+    """`[lo, hi)` of each digit count below `max_number`: [(0, 10), (10, 100), ...]; the last
+    range ends at `max_number`."""
+    return [(0 if d == 1 else 10 ** (d - 1), min(10 ** d, max_number))
+            for d in range(1, digit_count(max_number - 1) + 1)]
+
+
+def held_out_counts(eval_size: int, max_number: int) -> list[int]:
+    """How many held-out numbers each digit count gets: as even as the caps (a fifth of the
+    count's numbers) allow, the smallest caps filled first, the rest shared by the others."""
+    caps = [(hi - lo) // HELD_OUT_SHARE for lo, hi in magnitude_ranges(max_number)]
+    if eval_size > sum(caps):
+        raise ValueError(
+            f"eval_size={eval_size} is too large for max_number={max_number}: at most "
+            f"{sum(caps)} numbers can be held out (a fifth of each digit count's numbers)")
+    counts, left = [0] * len(caps), eval_size
+    order = sorted(range(len(caps)), key=lambda d: caps[d])
+    for i, d in enumerate(order):
+        counts[d] = min(caps[d], left // (len(caps) - i))
+        left -= counts[d]
+    return counts
+
+
+def draw_numbers(train_size: int, eval_size: int, seed: int, max_number: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(train numbers [train_size], eval numbers [eval_size]) int64, by magnitude (module
+    docstring); eval numbers distinct and never among the train numbers."""
+    rng = np.random.default_rng([seed, 1])
+    ranges = magnitude_ranges(max_number)
+    held, train_pools = [], []
+    for (lo, hi), count in zip(ranges, held_out_counts(eval_size, max_number)):
+        numbers = np.arange(lo, hi, dtype=np.int64)                  # [hi - lo]
+        chosen = rng.choice(numbers[~np.isin(numbers, list(ALWAYS_TRAINED))], size=count,
+                            replace=False)
+        kept = np.ones(len(numbers), bool)
+        kept[chosen - lo] = False
+        held.append(chosen)
+        train_pools.append(numbers[kept])
+    eval_numbers = rng.permutation(np.concatenate(held))
+    counts = rng.integers(0, len(ranges), size=train_size)   # [train_size] digit count - 1
+    train_numbers = np.empty(train_size, np.int64)
+    for d, pool in enumerate(train_pools):
+        rows = np.flatnonzero(counts == d)
+        train_numbers[rows] = rng.choice(pool, size=len(rows), replace=True)
+    return train_numbers, eval_numbers
+
+
 def number_pairs(*, train_size: int, eval_size: int, seed: int, src_lang: str = "en",
                  tgt_langs: Sequence[str] = ("de",), max_number: int = DEFAULT_MAX_NUMBER
                  ) -> tuple[list[Pair], list[Pair], np.ndarray, np.ndarray]:
     """(train pairs, eval pairs, train numbers, eval numbers), deterministic from `seed`.
 
-    `train_size + eval_size` distinct numbers are drawn from [0, max_number); the first
-    `eval_size` are held out. With several `tgt_langs` the examples cycle through them and the
+    Numbers are drawn by magnitude with the held-out ones kept out of training
+    (`draw_numbers`). With several `tgt_langs` the examples cycle through them and the
     source starts with the target-language token: ("<2fr>twenty-one", "vingt et un").
     """
     for name, v in (("train_size", train_size), ("eval_size", eval_size), ("seed", seed),
                     ("max_number", max_number)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise ValueError(f"{name}={v!r} is invalid: expected a non-negative integer")
+    if max_number < 2:
+        raise ValueError(f"max_number={max_number} is too small: expected at least 2 numbers")
     check_lang(src_lang, "src_lang")
     tgt_langs = check_tgt_langs(tgt_langs)
-    if train_size + eval_size > max_number:
-        raise ValueError(
-            f"max_number={max_number} is too small: train_size={train_size} + eval_size="
-            f"{eval_size} distinct numbers must be drawn from [0, {max_number})")
-    rng = np.random.default_rng([seed, 1])
-    numbers = rng.choice(max_number, size=train_size + eval_size, replace=False)
-    eval_numbers, train_numbers = numbers[:eval_size], numbers[eval_size:]
+    train_numbers, eval_numbers = draw_numbers(train_size, eval_size, seed, max_number)
     return (_pairs(train_numbers, src_lang, tgt_langs), _pairs(eval_numbers, src_lang, tgt_langs),
             train_numbers, eval_numbers)
 

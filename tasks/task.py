@@ -18,7 +18,14 @@ from spec import TransformerConfig
 
 from . import batching
 from .corpus import corpus_pairs
-from .numbers import DEFAULT_MAX_NUMBER, alphabet_texts, check_lang, check_tgt_langs, number_pairs
+from .numbers import (
+    DEFAULT_MAX_NUMBER,
+    alphabet_texts,
+    check_lang,
+    check_tgt_langs,
+    magnitude,
+    number_pairs,
+)
 from .synthetic import ALPHABET, TRANSFORMS, synthetic_pairs
 from .tokenizer import (
     BOS_ID,
@@ -116,6 +123,12 @@ class Task:
                                  f"language token of {langs}")
             out.append(lang)
         return out
+
+    def magnitudes(self, split: str) -> list[str] | None:
+        """The digit count of each number of `split`, "1digit" ... "6digit", for the numbers
+        task (so evaluation can score each magnitude); else None."""
+        numbers = self.info.get(f"{_check_split(split)}_numbers")
+        return None if numbers is None else [magnitude(n) for n in numbers.tolist()]
 
     def encoded(self, split: str) -> tuple[list[list[int]], list[list[int]]]:
         """(source ids, target ids) of every pair of `split`, without specials (cached)."""
@@ -223,7 +236,9 @@ def build_task(name: str, *, train_size: int | None = 1000, eval_size: int | Non
     copy/reverse/sort draw strings of `min_len..max_len-1` symbols (default max 10 symbols);
     `numbers` raises if a pair does not fit; `corpus` drops the pairs that do not fit
     (counted in `task.info["dropped"]`). None: no bound.
-    numbers: `src_lang` words -> `tgt_langs` words, numbers from [0, max_number); several
+    numbers: `src_lang` words -> `tgt_langs` words, numbers from [0, max_number) drawn by
+    digit count (`tasks.numbers`: every magnitude equally often, held-out numbers never in
+    training); several
     `tgt_langs` put "<2xx>" in front of each source. corpus: `path` (TSV or JSONL, keys
     `src_key`/`tgt_key`), held-out pairs from `eval_path` or split off `path`.
     `tokenizer`: "char" (default), "wordpiece" (`vocab_size`), or a TaskTokenizer to reuse.

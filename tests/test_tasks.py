@@ -66,10 +66,32 @@ def test_number_pairs_are_deterministic_and_held_out():
     assert a[0] != c[0]
     train, held, train_n, eval_n = a
     assert len(train) == 300 and len(held) == 100
-    assert len(set(train_n.tolist()) | set(eval_n.tolist())) == 400   # distinct, disjoint
+    assert len(set(eval_n.tolist())) == 100                          # distinct
+    assert not set(train_n.tolist()) & set(eval_n.tolist())          # disjoint
     assert not {s for s, _ in train} & {s for s, _ in held}
     assert train[0] == (tasks.number_words(train_n[0], "en"),
                         tasks.number_words(train_n[0], "de"))
+
+
+def test_numbers_are_drawn_by_magnitude():
+    """Digit count uniform over 1..6, so short numbers are as common as six-digit ones; at
+    most a fifth of a count's numbers held out (2 of 10, 18 of 90), never 0; the rest of the
+    eval set shared evenly; training never sees a held-out number."""
+    from tasks.numbers import draw_numbers, held_out_counts
+
+    train, held = draw_numbers(60_000, 500, 0, 1_000_000)
+    assert held_out_counts(500, 1_000_000) == [2, 18, 120, 120, 120, 120]
+    digits = np.array([len(str(n)) for n in train.tolist()])
+    share = np.bincount(digits, minlength=7)[1:] / len(train)        # [6] digit counts 1..6
+    np.testing.assert_allclose(share, 1 / 6, atol=0.01)               # 10,000 +- ~90 each
+    assert np.bincount([len(str(n)) for n in held.tolist()], minlength=7)[1:].tolist() == [
+        2, 18, 120, 120, 120, 120]
+    assert train.min() == 0 and 0 not in held and held.max() < 1_000_000
+    assert len(set(held.tolist())) == 500 and not set(held.tolist()) & set(train.tolist())
+    one_digit = set(train[digits == 1].tolist())
+    assert one_digit == set(range(10)) - set(held.tolist())          # the 8 others, all seen
+    assert len(one_digit) == 8
+    assert held_out_counts(6, 100) == [2, 4] and held_out_counts(7, 1001) == [2, 2, 3, 0]
 
 
 def test_many_number_words_are_made_in_worker_processes_in_order(monkeypatch):
@@ -90,8 +112,11 @@ def test_many_number_words_are_made_in_worker_processes_in_order(monkeypatch):
 
 
 def test_numbers_range_too_small_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"max_number=10 is too small.*train_size=8.*eval_size=5"):
+    with pytest.raises(ValueError, match=r"eval_size=5 is too large for max_number=10: at most "
+                                         r"2 numbers can be held out"):
         tasks.build_task("numbers", train_size=8, eval_size=5, max_number=10)
+    with pytest.raises(ValueError, match=r"max_number=1 is too small"):
+        tasks.build_task("numbers", train_size=8, eval_size=0, max_number=1)
 
 
 def test_unknown_languages_and_tasks_are_named():

@@ -403,3 +403,31 @@ def test_fresh_run_deletes_an_earlier_runs_checkpoints(tmp_path, copy_task, caps
     assert "deleting the checkpoints of an earlier run there (steps [6, 8])" in \
         capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_2"]
+
+
+def test_eval_accumulator_scores_languages_and_magnitudes_side_by_side(copy_task):
+    batch = next(copy_task.batches("eval", 5, 0, 0, 0))
+    wrong = batch["labels"].copy()
+    for row in (1, 4):  # rows 1 ("fr", 10digit) and 4 ("de", 2digit) wrong
+        wrong[row, 0] = wrong[row, 1] if wrong[row, 1] != wrong[row, 0] else 5
+    groups = [("de", "2digit"), ("fr", "10digit"), ("fr", "2digit"), ("de", "1digit"),
+              ("de", "2digit")]
+    acc = training.EvalAccumulator(copy_task, groups=groups)
+    acc.add(1.0, 5, 5, hypotheses=wrong, labels=batch["labels"])
+    out = acc.result()
+    assert out["exact_match"] == pytest.approx(3 / 5)
+    scores = {k: v for k, v in out.items() if k.startswith("exact_match_")}
+    assert list(scores) == ["exact_match_de", "exact_match_fr", "exact_match_1digit",
+                            "exact_match_2digit", "exact_match_10digit"]  # natural order
+    assert list(scores.values()) == pytest.approx([2 / 3, 1 / 2, 1, 2 / 3, 0])
+
+
+def test_eval_groups_of_the_numbers_task_are_language_and_digit_count():
+    one = tasks.build_task("numbers", train_size=20, eval_size=10, seed=1, max_number=1000)
+    groups = training.eval_groups(one, "eval")
+    assert groups == [(f"{len(str(n))}digit",) for n in one.info["eval_numbers"].tolist()]
+    multi = tasks.build_task("numbers", train_size=20, eval_size=10, seed=1, max_number=1000,
+                             tgt_langs=("de", "fr"))
+    assert training.eval_groups(multi, "eval") == [
+        (lang, f"{len(str(n))}digit") for lang, n in
+        zip(["de", "fr"] * 5, multi.info["eval_numbers"].tolist())]
