@@ -15,7 +15,10 @@ translation task's batches (`training.step_batches`: the plan every trainer walk
                 with XLA_FLAGS=--xla_force_host_platform_device_count=4 (the same 2 cores: this
                 shows the sharded program runs and what its overhead is, not a speed-up).
 Tokens are the non-pad target labels; "loss" is the last timed step's, which must agree across
-implementations (same weights, same batches).  The default run stays under ~3 minutes on two
+implementations (same weights, same batches).  "GFLOP/s" and "MFU" read each median step
+against the machine: `benchmarks.flops.train_step_flops` of the padded batch over the step
+time, as a fraction of the float32 matmul rate measured in this process before the rows
+(`benchmarks.matmul_rate`; the load average is printed beside it).  The default run stays under ~3 minutes on two
 cores; `--threads` (default 1) keeps the comparison fair on a shared machine.
 """
 
@@ -39,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 import spec  # noqa: E402
 import tasks  # noqa: E402
-from benchmarks.common import limit_threads  # noqa: E402
+from benchmarks import flops, matmul_rate  # noqa: E402
+from benchmarks.common import limit_threads, load_average  # noqa: E402
 from training import data as train_data  # noqa: E402
 
 IMPLEMENTATIONS = ("jax", "torch", "compile", "hf", "sharded")
@@ -254,12 +258,19 @@ def main(argv: list[str] | None = None) -> int:
                                             args.warmup, args.device)),
         "sharded": ("jax x4 sharded", lambda: run_sharded(args)),
     }
-    print(f"{'implementation':<16} {'step ms':>9} {'tokens/s':>10} {'first s':>8} {'loss':>10}")
+    rate = matmul_rate.measure(repeats=3)
+    work = flops.train_step_flops(config, args.batch, *lengths)
+    print(f"{rate.describe()}; {load_average()}\nmodel FLOPs per step {work / 1e9:.2f} G",
+          flush=True)
+    print(f"{'implementation':<16} {'step ms':>9} {'tokens/s':>10} {'first s':>8} {'loss':>10}"
+          f" {'GFLOP/s':>8} {'MFU':>6}")
     for key in only:
         label, fn = runners[key]
         r = fn()
         print(f"{label:<16} {1000 * r['step_s']:>9.1f} {r['tokens_per_s']:>10.0f} "
-              f"{r['first_s']:>8.2f} {r['loss']:>10.6f}", flush=True)
+              f"{r['first_s']:>8.2f} {r['loss']:>10.6f} {work / r['step_s'] / 1e9:>8.1f} "
+              f"{flops.mfu(work, r['step_s'], rate.best):>6.1%}", flush=True)
+    print(load_average())
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_step                       # d_model 256, 3+3 layers, batch 32x32
     python -m benchmarks.train_step --results benchmarks/RESULTS.md   # also write the table
-    python -m benchmarks.train_step --torch_threads 1   # torch's best on a busy 2-core machine
+    python -m benchmarks.train_step --threads 0         # the libraries' own thread counts
 
 Rows (each the median of `--repeats` timed calls after warm-up, and its speed relative to torch
 eager: >1 is faster):
@@ -12,38 +12,42 @@ eager: >1 is faster):
   backward + clipping + Adam), the same through `torch.compile` (compile time reported apart);
 - forward: JAX jit without and with capture (intermediates fetched to numpy), torch eager
   without and with `torch_model.capture` (numpy), all deterministic.
-Both start from the same canonical weights and see the same batch; dropout is on in training.
-Targets (docs): JAX train step >= 1.2x torch eager; capture costs <= 5% of a JAX train step.
+Both start from the same canonical weights and see the same batch; dropout is on in training;
+both frameworks get `--threads` threads (default 1).  A large float32 matmul in each framework
+(`benchmarks.matmul_rate`) is timed in the same rounds, so every row's model FLOPs
+(`benchmarks.flops`), achieved FLOP/s and MFU read against the machine's measured matmul rate
+under the same load.  The load average before and after is printed with the table.
+Targets (issue 13): JAX train step >= 1.2x torch eager and >= torch.compile, >= 50% MFU on the
+small preset; capture costs <= 5% of a JAX train step.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-import spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import spec  # noqa: E402
+from benchmarks import flops, matmul_rate  # noqa: E402
+from benchmarks.common import interleaved_medians, limit_threads, load_average  # noqa: E402
+
+JAX_STEP = "jax jit train step (rbg dropout)"
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int, warmup: int
-                        ) -> dict[str, float]:
-    """Median seconds of each call, timed round-robin (one call of each per round), so that a
-    change in the machine's load hits every row alike instead of whichever ran at the time."""
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+def bench_config(d_model: int, layers: int, heads: int, vocab: int, length: int
+                 ) -> spec.TransformerConfig:
+    """The benchmark's model: the small preset resized (d_ff = 4 d_model), dropout 0.1."""
+    return spec.TransformerConfig.preset(
+        "small", d_model=d_model, num_heads=heads, num_encoder_layers=layers,
+        num_decoder_layers=layers, d_ff=4 * d_model, src_vocab_size=vocab,
+        tgt_vocab_size=vocab, max_len=max(length, 64))
 
 
 def make_batch(config: spec.TransformerConfig, batch: int, length: int, seed: int
@@ -83,7 +87,7 @@ def jax_calls(config, train, batch) -> tuple[dict[str, Callable[[], object]], di
 
         return run
 
-    calls["jax jit train step (rbg dropout)"] = train_call()
+    calls[JAX_STEP] = train_call()
     calls["jax jit train step + capture"] = train_call(capture=True)
     calls["jax jit train step (threefry dropout)"] = train_call(rng_impl="threefry2x32")
     calls["jax jit train step (unsafe_rbg dropout)"] = train_call(rng_impl="unsafe_rbg")
@@ -148,20 +152,39 @@ def torch_calls(config, train, batch, flat) -> tuple[dict[str, Callable[[], obje
     return calls, compile_seconds
 
 
-def table(rows: dict[str, float], compile_seconds: float, header: str) -> str:
-    """Markdown: each row's median and its speed relative to torch eager (same kind of row)."""
-    lines = [header, "", "| measurement | median ms | speed vs torch eager |", "|---|---:|---:|"]
+def table(rows: dict[str, float], compile_seconds: float, header: str, step_flops: int,
+          forward_flops: int, rate: matmul_rate.MatmulRate) -> str:
+    """Markdown: each row's median, its speed relative to torch eager (same kind of row), its
+    model FLOPs, achieved FLOP/s and MFU against the measured matmul rate."""
+    lines = [header, "", rate.describe(), "",
+             "| measurement | median ms | speed vs torch eager | GFLOP | GFLOP/s | MFU |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, seconds in rows.items():
-        base = rows["torch eager train step" if "train step" in name else "torch eager forward"]
-        lines.append(f"| {name} | {seconds * 1e3:.1f} | {base / seconds:.2f}x |")
-    jax_step = rows["jax jit train step (rbg dropout)"]
+        if name in (matmul_rate.JAX_ROW, matmul_rate.TORCH_ROW):
+            continue
+        train = "train step" in name
+        base = rows["torch eager train step" if train else "torch eager forward"]
+        work = step_flops if train else forward_flops
+        lines.append(f"| {name} | {seconds * 1e3:.1f} | {base / seconds:.2f}x | {work / 1e9:.2f} "
+                     f"| {work / seconds / 1e9:.1f} | {flops.mfu(work, seconds, rate.best):.1%} |")
+    jax_step = rows[JAX_STEP]
     capture = rows["jax jit train step + capture"] / jax_step - 1
     speedup = rows["torch eager train step"] / jax_step
+    vs_compile = rows["torch.compile train step"] / jax_step
+    step_mfu = flops.mfu(step_flops, jax_step, rate.best)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
     lines += ["", f"torch.compile compile time: {compile_seconds:.1f} s (first step, excluded above)",
               f"JAX train step vs torch eager: {speedup:.2f}x (target >= 1.2x: "
-              f"{'met' if speedup >= 1.2 else 'NOT met'})",
+              f"{verdict(speedup >= 1.2)})",
+              f"JAX train step vs torch.compile: {vs_compile:.2f}x (target >= 1x: "
+              f"{verdict(vs_compile >= 1.0)})",
+              f"JAX train step MFU: {step_mfu:.1%} of the measured matmul rate (target >= 50%: "
+              f"{verdict(step_mfu >= 0.5)})",
               f"capture overhead in the JAX train step: {capture * 100:+.1f}% (target <= 5%: "
-              f"{'met' if capture <= 0.05 else 'NOT met'})"]
+              f"{verdict(capture <= 0.05)})"]
     return "\n".join(lines)
 
 
@@ -175,41 +198,46 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--length", type=int, default=32, help="source and target length")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--torch_threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's own choice); on a small shared "
-                        "machine torch's default can be many times slower than 1 thread")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch and XLA alike (0: the libraries' defaults); on a "
+                        "small shared machine torch's default can be many times slower")
+    p.add_argument("--matmul_n", type=int, default=2048, help="size of the matmul-rate probe")
     p.add_argument("--results", type=Path, default=None, help="also write the table here")
     args = p.parse_args(argv)
-    if args.torch_threads is not None:
-        import torch
+    for name in ("d_model", "layers", "heads", "vocab", "batch", "length", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"argument --{name}: expected a positive integer, got {getattr(args, name)}")
+    if args.threads > 0:
+        limit_threads(args.threads)
 
-        torch.set_num_threads(args.torch_threads)
-
-    config = spec.TransformerConfig.preset(
-        "small", d_model=args.d_model, num_heads=args.heads, num_encoder_layers=args.layers,
-        num_decoder_layers=args.layers, d_ff=4 * args.d_model, src_vocab_size=args.vocab,
-        tgt_vocab_size=args.vocab, max_len=max(args.length, 64))
+    config = bench_config(args.d_model, args.layers, args.heads, args.vocab, args.length)
     train = spec.TrainConfig(batch_size=args.batch)
     batch = make_batch(config, args.batch, args.length, seed=0)
     calls, flat = jax_calls(config, train, batch)
     torch_part, compile_seconds = torch_calls(config, train, batch, flat)
     calls.update(torch_part)
+    calls.update(matmul_rate.matmul_calls(args.matmul_n))
     import jax
     import torch
 
     import torch_model
 
+    load_before = load_average()
     with torch_model.full_precision():
         rows = interleaved_medians(calls, args.repeats, args.warmup)
+    rate = matmul_rate.from_seconds(args.matmul_n, rows)
 
     header = (f"## Train step and forward, d_model {config.d_model}, {args.layers}+{args.layers} "
               f"layers, {config.num_heads} heads, d_ff {config.d_ff}, vocab {args.vocab}, batch "
               f"{args.batch}x{args.length}, dropout {config.dropout_rate}\n\n"
               f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}"
-              f", median of {args.repeats} rounds (every row once per round) after "
-              f"{args.warmup} warm-up rounds")
-    text = table(rows, compile_seconds, header)
+              f"({torch.get_num_threads()} threads, XLA {args.threads or 'default'}), "
+              f"{platform.processor() or platform.machine()}, median of {args.repeats} rounds "
+              f"(every row once per round) after {args.warmup} warm-up rounds; before: "
+              f"{load_before}; after: {load_average()}")
+    text = table(rows, compile_seconds, header,
+                 flops.train_step_flops(config, args.batch, args.length, args.length),
+                 flops.forward_flops(config, args.batch, args.length, args.length).total, rate)
     print(text)
     if args.results is not None:
         write_section(args.results, text)

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, pad_id: int,
                            smoothing: float) -> tuple[jax.Array, jax.Array]:
     """`[b, t, v]` logits, `[b, t]` labels -> (sum of per-token losses, non-pad count).
 
-    The cross-entropy against `(1 - eps) * onehot + eps / v` is `(1 - eps) * nll + eps *
-    mean_v(-log p)`: written that way, with optax's integer-label cross-entropy, no `[b, t, v]`
-    target array is built (measurably faster on CPU at vocabulary 8000).  Pad labels weigh 0:
-    the mean is `sum / max(count, 1)`, as in `spec.label_smoothed_cross_entropy`.
+    The target distribution is optax.smooth_labels' `(1 - eps) * onehot + eps / v`, whose
+    cross-entropy is `(1 - eps) * (lse - z_label) + eps * (lse - mean_v z)` with
+    `lse = logsumexp_v z`: one logsumexp, one gather and one mean over the logits, and no
+    `[b, t, v]` log-probabilities or target array (4x faster, value and gradient, than
+    optax's integer-label loss plus a separate log-softmax at vocabulary 8000 on CPU:
+    benchmarks/RESULTS.md).  Pad labels weigh 0: the mean is `sum / max(count, 1)`, as in
+    `spec.label_smoothed_cross_entropy`.
     """
     logits = logits.astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [b, t]
-    uniform = -jax.nn.log_softmax(logits).mean(-1)                       # [b, t]
-    per_token = (1.0 - smoothing) * nll + smoothing * uniform             # [b, t]
+    lse = jax.nn.logsumexp(logits, axis=-1)                                        # [b, t]
+    label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]  # [b, t]
+    per_token = lse - (1.0 - smoothing) * label_logit - smoothing * logits.mean(-1)
     keep = (labels != pad_id).astype(jnp.float32)
     return (per_token * keep).sum(), keep.sum()
 

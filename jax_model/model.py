@@ -273,6 +273,7 @@ class Encoder(nn.Module):
 
     config: TransformerConfig
     shared: TokenTable | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, src: jax.Array, src_mask: jax.Array,
@@ -284,8 +285,11 @@ class Encoder(nn.Module):
         x = Embed(cfg, name="embed")(src, table, deterministic=deterministic,
                                      norm=embed_norm(cfg))
         mask = padding_mask(src_mask)  # [b, 1, 1, s]
+        # remat: keep only each layer's input for the backward pass; `deterministic` (argument
+        # 3, counting self) is a Python bool, so static
+        layer = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
         for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
+            x = layer(cfg, name=f"layer_{i}")(x, mask, deterministic)
         if cfg.norm_position == "pre":
             x = LayerNorm(cfg, name="final_norm")(x)
         return tap(self, "output", x)
@@ -317,6 +321,7 @@ class Decoder(nn.Module):
     config: TransformerConfig
     projection: Output
     shared: TokenTable | None = None
+    remat: bool = False
 
     @nn.compact
     def __call__(self, tgt: jax.Array, memory: jax.Array, src_mask: jax.Array,
@@ -330,9 +335,11 @@ class Decoder(nn.Module):
                                      norm=embed_norm(cfg))
         self_mask = causal_mask(tgt.shape[1])        # [1, 1, t, t]
         cross_mask = padding_mask(src_mask)          # [b, 1, 1, s]
+        # remat as in the Encoder; `deterministic` and `decode` are arguments 5 and 6
+        layer = nn.remat(DecoderLayer, static_argnums=(5, 6)) if self.remat else DecoderLayer
         for i in range(cfg.num_decoder_layers):
-            x = DecoderLayer(cfg, name=f"layer_{i}")(x, memory, self_mask, cross_mask,
-                                                     deterministic=deterministic, decode=decode)
+            x = layer(cfg, name=f"layer_{i}")(x, memory, self_mask, cross_mask, deterministic,
+                                              decode)
         if cfg.norm_position == "pre":
             x = LayerNorm(cfg, name="final_norm")(x)
         return self.projection(tap(self, "output", x), table)  # [b, t, v]
@@ -343,9 +350,11 @@ class Transformer(nn.Module):
 
     `Transformer(config).apply({"params": params}, src, tgt, deterministic=False,
     rngs={"dropout": key})` is the pure training forward; add `mutable=["intermediates"]` to
-    also get every sown intermediate."""
+    also get every sown intermediate.  `remat=True` recomputes each encoder and decoder layer
+    in the backward pass (gradient checkpointing: less memory, the same gradients)."""
 
     config: TransformerConfig
+    remat: bool = False
 
     def setup(self) -> None:
         cfg = self.config
@@ -354,8 +363,8 @@ class Transformer(nn.Module):
             self.shared_embedding = TokenTable(cfg, "encoder")
             shared = self.shared_embedding
         self.output = Output(cfg)
-        self.encoder = Encoder(cfg, shared=shared)
-        self.decoder = Decoder(cfg, projection=self.output, shared=shared)
+        self.encoder = Encoder(cfg, shared=shared, remat=self.remat)
+        self.decoder = Decoder(cfg, projection=self.output, shared=shared, remat=self.remat)
 
     def source_mask(self, src: jax.Array) -> jax.Array:
         """[b, s] True for real source tokens (keys equal to pad_id are masked)."""

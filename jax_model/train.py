@@ -109,19 +109,23 @@ def compute_dtype(train: TrainConfig) -> jnp.dtype:
 
 def apply_model(params: Any, model_config: TransformerConfig, src: jax.Array, tgt: jax.Array,
                 *, dropout_key: jax.Array | None = None, dtype: jnp.dtype = jnp.float32,
-                capture: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                capture: bool = False, remat: bool = False
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Traceable forward: logits `[b, t, v]` and the canonical intermediates (when `capture`).
 
     Dropout is on exactly when `dropout_key` is given.  With `dtype=bfloat16` the parameters
     are cast for the computation only; gradients flow back to the float32 masters.
+    `remat=True`: gradient checkpointing per layer (`jax_model.Transformer(remat=True)`).
     """
     if dtype != jnp.float32:
         params = jax.tree.map(lambda p: p.astype(dtype), params)
     deterministic = dropout_key is None
-    if not capture:
-        return jax_model.apply(params, model_config, src, tgt, deterministic, dropout_key), {}
     rngs = None if deterministic else {"dropout": dropout_key}
-    logits, state = jax_model.Transformer(model_config).apply(
+    model = jax_model.Transformer(model_config, remat=remat)
+    if not capture:
+        return model.apply({"params": params}, src, tgt, deterministic=deterministic,
+                           rngs=rngs), {}
+    logits, state = model.apply(
         {"params": params}, src, tgt, deterministic=deterministic, rngs=rngs,
         mutable=["intermediates"])
     return logits, flatten_sown(state["intermediates"])
@@ -129,7 +133,7 @@ def apply_model(params: Any, model_config: TransformerConfig, src: jax.Array, tg
 
 def loss_fn(params: Any, batch: Batch, model_config: TransformerConfig,
             label_smoothing: float = 0.1, *, dropout_key: jax.Array | None = None,
-            dtype: jnp.dtype = jnp.float32, capture: bool = False
+            dtype: jnp.dtype = jnp.float32, capture: bool = False, remat: bool = False
             ) -> tuple[jax.Array, dict[str, Any]]:
     """Mean label-smoothed loss over the non-pad labels of one `[b, len]` batch.
 
@@ -137,7 +141,8 @@ def loss_fn(params: Any, batch: Batch, model_config: TransformerConfig,
     and `inter` (canonical intermediates when `capture`, else empty).
     """
     logits, inter = apply_model(params, model_config, batch["src"], batch["tgt_in"],
-                                dropout_key=dropout_key, dtype=dtype, capture=capture)
+                                dropout_key=dropout_key, dtype=dtype, capture=capture,
+                                remat=remat)
     total, count, hits = loss_and_counts(logits, batch["labels"], model_config.pad_id,
                                          label_smoothing)
     aux = {"tokens": count, "correct": hits, "inter": inter}
@@ -174,7 +179,7 @@ def make_train_step(model_config: TransformerConfig, train: TrainConfig, mesh=No
         use_dropout = model_config.dropout_rate > 0 or model_config.attention_dropout_rate > 0
         (loss, aux), grads = grad_fn(params, micro, model_config, train.label_smoothing,
                                      dropout_key=key if use_dropout else None, dtype=dtype,
-                                     capture=capture)
+                                     capture=capture, remat=train.gradient_checkpointing)
         return loss, aux, grads
 
     def step(state: TrainState, batch: Batch):

@@ -52,6 +52,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
     track_internals_every: int = 0
+    gradient_checkpointing: bool = False  # recompute each layer in the backward (less memory)
 
     def __post_init__(self) -> None:
         def fail(field: str, expected: str) -> None:
@@ -68,6 +69,8 @@ class TrainConfig:
         for name in INT_FIELDS:
             if isinstance(getattr(self, name), bool):
                 fail(name, "an integer, not a boolean")
+        if not isinstance(self.gradient_checkpointing, bool):
+            fail("gradient_checkpointing", "true or false")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"one of {SCHEDULES}")
         if self.mixed_precision not in MIXED_PRECISION:

@@ -131,7 +131,7 @@ def create_train_state(model_config: TransformerConfig, train: TrainConfig,
     if params is not None:
         model.load_canonical(params)
     model = model.to(device)
-    model.gradient_checkpointing = gradient_checkpointing
+    model.gradient_checkpointing = gradient_checkpointing or train.gradient_checkpointing
     optimizer, scheduler = make_optimizer(model, model_config, train)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(train) is torch.float16 else None
     fwd = torch.compile(model) if compile else model
