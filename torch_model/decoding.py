@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -105,8 +106,10 @@ def decode_patch(model: Transformer, patch: Mapping | None, src: np.ndarray, max
     device = model_device(model)
     window = [0, 1]  # query positions start..stop-1 of the running decoder call
 
+    signature = inspect.signature(model.decoder.forward)
+
     def feed(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        cache = args[4] if len(args) > 4 else kwargs.get("cache")
+        cache = signature.bind(*args, **kwargs).arguments.get("cache")
         window[0] = cache.get_seq_length() if cache is not None else 0
         window[1] = window[0] + args[0].shape[1]
 
