@@ -1,6 +1,6 @@
 """Framework-free analysis of the Transformer's insides (numpy + matplotlib only).
 
-Everything works on canonical intermediates (`{name: array}`, DESIGN.md) and canonical
+Everything works on canonical intermediates (`{name: array}`, docs/architecture.md) and canonical
 gradients, whichever implementation produced them; jax, torch and transformers are imported
 only when a model of theirs is handed in (`analysis.models.resolve_model`).
 

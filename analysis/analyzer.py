@@ -12,13 +12,14 @@ pattern classes, as does `eos_id`.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from spec import files
+from spec.files import json_safe
 
 from .attention import THRESHOLDS, attention_patterns
 from .contributions import (
@@ -191,25 +192,6 @@ def _rows(name: str, tokens, ids: np.ndarray) -> list[list[str]] | None:
     return [[str(t) for t in r] for r in rows]
 
 
-def json_safe(x):
-    """Numpy scalars/arrays -> Python, non-finite floats -> None (JSON has no NaN)."""
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return json_safe(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
 def write_json(path: str | os.PathLike, doc: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    """Strict JSON (the report schema has no NaN), written atomically."""
+    return files.write_json(path, doc)

@@ -3,7 +3,7 @@
 Residual stream.  For sublayer `{side}/layer_{i}/{sub}` with input x (the residual stream it
 reads) and output f = `{sub}/output`:
   pre-LN:  x = `{sub}_norm/input`                 (the norm sits on the branch)
-  post-LN: x = `{sub}_norm/input` - f            (DESIGN.md: norm/input = x + f(x))
+  post-LN: x = `{sub}_norm/input` - f            (docs/architecture.md: norm/input = x + f(x))
 `norm_ratio` = ||f|| / ||x|| and `cosine` = cos(f, x), per token, averaged over real tokens.
 
 Direct effect on the logits (direct logit attribution, as TransformerLens does for GPT-2).
@@ -105,7 +105,7 @@ def head_outputs(inter: dict, params: dict, prefix: str, config: TransformerConf
     """Attention block `prefix`'s output split into `{prefix}/head_{h}` pieces and
     `{prefix}/out_bias`, each [b, q, d], that sum to `{prefix}/output`.
 
-    Head h owns rows h*k:(h+1)*k of the out kernel (DESIGN.md), so its piece is
+    Head h owns rows h*k:(h+1)*k of the out kernel (docs/architecture.md), so its piece is
     context[:, h] @ W_out[h*k:(h+1)*k]."""
     ctx = np.asarray(inter[f"{prefix}/context"], np.float64)                # [b, h, q, k]
     k = config.head_dim

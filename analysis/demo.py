@@ -1,4 +1,4 @@
-"""The analysis demo (`python main.py --version analysis`): every figure of SEED.md in a minute.
+"""The analysis demo (`python main.py --version analysis`): every figure of docs/tutorial.md in a minute.
 
 A tiny model (the `tiny` preset: d_model 32, 4 heads, 2+2 layers) learns to reverse strings
 for 200 Adam steps (enough for the anti-diagonal cross-attention to appear), with the intermediates of a fixed probe batch captured every few

@@ -1,7 +1,7 @@
 """Cross-framework diff: error statistics per intermediate between two captures.
 
 For every name both captures hold: `max_abs` = max|a - b|, `normalized` = max|a - b| /
-max(1, max|ref|) (the parity suite's measure, `parity.tolerances.normalised_diff`, DESIGN.md),
+max(1, max|ref|) (the parity suite's measure, `parity.tolerances.normalised_diff`, docs/architecture.md),
 `mean_abs` = mean|a - b|, computed in float64.  Names only one side holds are listed per side; a shape mismatch is reported with
 both shapes and no statistics.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.tolerances import normalised_diff
 from spec import to_numpy
+from spec.compare import normalised_diff
 
 
 def error_stats(ref: object, other: object) -> dict[str, float]:

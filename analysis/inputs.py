@@ -2,7 +2,7 @@
 
 The seed API passes only `input_ids` in places; this module decides what the decoder sees then.
 
-- `target_ids` is the decoder input `tgt` (DESIGN.md: starts with `bos_id`, right-padded).
+- `target_ids` is the decoder input `tgt` (docs/architecture.md: starts with `bos_id`, right-padded).
   When it is not given, it defaults to the copy task's decoder input: `bos_id` followed by the
   source without its last position, pad where the source is pad (`default_target`), and the
   labels are the source itself.  That needs every source id inside the target vocabulary,

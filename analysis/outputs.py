@@ -1,4 +1,4 @@
-"""Write a whole analysis run folder: the report, every SEED.md figure, the trace, the HTML.
+"""Write a whole analysis run folder: the report, every docs/tutorial.md figure, the trace, the HTML.
 
 `write_outputs(analyzer, out_dir, input_ids, ...)` is what `python main.py --visualize` and the
 analysis demo call.  The evolution figures need captures from training (`captures`, a list of

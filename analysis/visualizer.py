@@ -1,6 +1,6 @@
-"""`TransformerVisualizer(out_dir)`: writes the figures of SEED.md into the run folder.
+"""`TransformerVisualizer(out_dir)`: writes the figures of docs/tutorial.md into the run folder.
 
-Layout (SEED.md "Outputs a run writes", plus this project's additions):
+Layout (docs/tutorial.md "Outputs a run writes", plus this project's additions):
 ```
 out_dir/training_curves.png
 out_dir/attention_weights_<name>.png

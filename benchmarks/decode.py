@@ -79,7 +79,8 @@ def jax_variants(config: TransformerConfig, flat: dict, src: np.ndarray, steps: 
         return model.apply({"params": p}, s, method=jax_model.Transformer.encode)
 
     def decoder_logits(p, encoded, s, tgt):  # tgt [rows, steps] -> [rows, steps, v]
-        return model.apply({"params": p}, encoded, s, tgt, method=jax_model.Transformer.decode)
+        return model.apply({"params": p}, tgt, encoded, s != config.pad_id,
+                           method=jax_model.Transformer.decode)
 
     @jax.jit
     def greedy_uncached(p, s):

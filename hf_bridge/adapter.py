@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import torch_model
-from spec import TransformerConfig, check_token_array, check_tokens, intermediate_shapes
+from spec import TransformerConfig, check_token_array, check_tokens, intermediate_shapes, to_numpy
 from spec.interventions import Intervention, Metric
 from spec.patching import as_patch, forward_plan
 from torch_model.adapter import (
@@ -24,7 +24,6 @@ from torch_model.adapter import (
 )
 from torch_model.api import as_ids, full_precision, mode, model_device, patch_functions, patched
 from torch_model.loss import smoothed_loss
-from torch_model.taps import to_numpy
 
 from .decoding import generate_tokens
 from .modeling import TransformerLabForConditionalGeneration

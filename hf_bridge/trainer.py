@@ -45,6 +45,7 @@ import spec
 import torch_model
 import training
 from spec import TrainConfig, TransformerConfig
+from spec.files import write_json
 from torch_model.api import mode
 from torch_model.loss import loss_and_counts
 from torch_model.train import (
@@ -258,7 +259,7 @@ class CheckpointCallback(TrainerCallback):
             meta = {"model_config": self.trainer.model.spec_config.to_dict(),
                     "train_config": self.trainer.train_config.to_dict(), "data": self.data,
                     "step": state.global_step}
-            _write_json(folder / META_FILE, meta)
+            write_json(folder / META_FILE, meta)
         return control
 
 
@@ -521,9 +522,3 @@ def _quiet(on: bool) -> Iterator[None]:
     finally:
         if on and was:
             hf_logging.enable_progress_bar()
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,6 +1,7 @@
 """Scaled dot-product attention as small pure functions, and the masks it uses.
 
-Axis legend (every einsum here): b batch, h heads, q query length, k key length, d head dim.
+Axis legend (spec/names.py): b batch, h heads, q query length, k key length, d head dim,
+l either length, m d_model.  The functions mirror torch_model/attention.py one for one.
 Masks are boolean and broadcast to `[b, h, q, k]`; True means "may attend".  Masked scores are
 *replaced* by the dtype's most negative finite value (not added to), so a row whose keys are all
 masked softmaxes to exactly uniform weights instead of NaN, and a masked key gets weight 0.
@@ -14,9 +15,21 @@ import jax
 import jax.numpy as jnp
 
 
-def padding_mask(tokens: jax.Array, pad_id: int) -> jax.Array:
-    """Keys equal to `pad_id` are masked: `[b, k]` ids -> `[b, 1, 1, k]` bool."""
-    return (tokens != pad_id)[:, None, None, :]
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+    """[b, l, m] -> [b, h, l, d]: head h owns the contiguous features h*d:(h+1)*d."""
+    b, l, m = x.shape
+    return x.reshape(b, l, num_heads, m // num_heads).transpose(0, 2, 1, 3)  # [b, h, l, d]
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """[b, h, l, d] -> [b, l, m], the inverse of `split_heads`."""
+    b, h, l, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, l, h * d)  # [b, l, m]
+
+
+def padding_mask(key_mask: jax.Array) -> jax.Array:
+    """[b, k] True for real tokens -> [b, 1, 1, k]: no query attends to a padded key."""
+    return key_mask[:, None, None, :]
 
 
 def causal_mask(length: int) -> jax.Array:
@@ -43,10 +56,3 @@ def masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
 def weighted_values(weights: jax.Array, v: jax.Array) -> jax.Array:
     """The context: `[b, h, q, k]` weights @ `[b, h, k, d]` values -> `[b, h, q, d]`."""
     return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-
-
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array
-                          ) -> tuple[jax.Array, jax.Array]:
-    """softmax(QK^T / sqrt(d)) V without dropout: returns (context `[b,h,q,d]`, weights)."""
-    weights = masked_softmax(attention_scores(q, k), mask)
-    return weighted_values(weights, v), weights

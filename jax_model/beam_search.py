@@ -24,6 +24,7 @@ The -1e9 offsets are float32 additions exactly as in HF, including the initial r
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,23 @@ from .model import Transformer
 
 NEG = -1.0e9  # HF's "impossible" score offset (exactly representable in float32)
 EARLY_STOPPING = (True, False, "never")
+
+
+class BeamState(NamedTuple):
+    """The loop state of the search (a pytree, as flax `examples/wmt/decode.py`'s BeamState);
+    torch_model.decoding.BeamState has the same fields.  b batch, K beams, L max_len."""
+
+    step: jax.Array             # []: tokens generated so far (HF cur_len - 1)
+    running: jax.Array          # [b, K, L] running beams' tokens
+    running_scores: jax.Array   # [b, K] their summed log-probs (beams 1.. start at -1e9)
+    finished_seqs: jax.Array    # [b, K, L] finished hypotheses
+    finished_scores: jax.Array  # [b, K] their length-penalised scores (-1e9: empty slot)
+    is_finished: jax.Array      # [b, K] which finished slots hold a hypothesis
+    can_improve: jax.Array      # [b, 1] HF's is_early_stop_heuristic_unsatisfied
+    last: jax.Array             # [b*K] the token fed at this step
+    done: jax.Array             # []: the whole search stops
+    cache: dict                 # the flax `cache` collection, rows = batch * K + beam
+    buffers: dict               # capture: {name: [L, b*K, ...]}
 
 
 def length_penalties(max_len: int, alpha: float) -> np.ndarray:
@@ -88,33 +106,33 @@ def beam_body(config: TransformerConfig, beams: int, max_len: int, alpha: float,
             shapes = jax.eval_shape(lambda c: decode_step(
                 model, params, c, encoded, src_k, first, True, step_patch(coeffs, 0))[2], cache)
             buffers = capture_buffers(shapes, max_len)
-        state = dict(
-            step=jnp.array(0, jnp.int32),   # tokens generated so far (HF cur_len - 1)
+        state = BeamState(
+            step=jnp.array(0, jnp.int32),
             running=jnp.full((b, beams, max_len), config.pad_id, jnp.int32),
             running_scores=jnp.zeros((b, beams), jnp.float32).at[:, 1:].set(NEG),
             finished_seqs=jnp.full((b, beams, max_len), config.pad_id, jnp.int32),
             finished_scores=jnp.full((b, beams), NEG, jnp.float32),
             is_finished=jnp.zeros((b, beams), bool),
-            can_improve=jnp.ones((b, 1), bool),   # HF is_early_stop_heuristic_unsatisfied
-            last=first,                            # [b*K] token fed at this step
+            can_improve=jnp.ones((b, 1), bool),
+            last=first,
             done=jnp.array(False),
             cache=cache,
             buffers=buffers,
         )
 
-        def body(s: dict) -> dict:
-            t = s["step"]
-            logits, cache, inter = decode_step(model, params, s["cache"], encoded, src_k,
-                                               s["last"], capture, step_patch(coeffs, t))
+        def body(s: BeamState) -> BeamState:
+            t = s.step
+            logits, cache, inter = decode_step(model, params, s.cache, encoded, src_k,
+                                               s.last, capture, step_patch(coeffs, t))
             # logits [b*K, V]
             log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-            log_probs = log_probs.reshape(b, beams, vocab) + s["running_scores"][:, :, None]
+            log_probs = log_probs.reshape(b, beams, vocab) + s.running_scores[:, :, None]
             log_probs = log_probs.reshape(b, beams * vocab)                   # [b, K*V]
 
             # top-2K continuations (HF _get_top_k_continuations)
             top_scores, top_index = lax.top_k(log_probs, keep)                # [b, 2K]
             source_beam, token = top_index // vocab, top_index % vocab        # [b, 2K]
-            top_seqs = gather_beams(s["running"], source_beam).at[:, :, t].set(token)
+            top_seqs = gather_beams(s.running, source_beam).at[:, :, t].set(token)
             hits = (token == config.eos_id) | (t + 1 >= max_len)              # [b, 2K]
 
             # next running beams (HF _get_running_beams_for_next_iteration)
@@ -127,17 +145,17 @@ def beam_body(config: TransformerConfig, beams: int, max_len: int, alpha: float,
             # finished hypotheses (HF _update_finished_beams)
             just_finished = hits & top_k_mask[None, :]
             candidate = top_scores / penalty[t + 1]
-            full = jnp.all(s["is_finished"], axis=-1, keepdims=True) & stop_early
+            full = jnp.all(s.is_finished, axis=-1, keepdims=True) & stop_early
             candidate = candidate + full.astype(jnp.float32) * NEG
-            candidate = candidate + (~s["can_improve"]).astype(jnp.float32) * NEG
+            candidate = candidate + (~s.can_improve).astype(jnp.float32) * NEG
             candidate = candidate + (~just_finished).astype(jnp.float32) * NEG
-            merged_scores = jnp.concatenate([s["finished_scores"], candidate], axis=1)  # [b, 3K]
+            merged_scores = jnp.concatenate([s.finished_scores, candidate], axis=1)  # [b, 3K]
             _, best = lax.top_k(merged_scores, beams)                                  # [b, K]
             finished_seqs = gather_beams(
-                jnp.concatenate([s["finished_seqs"], top_seqs], axis=1), best)
+                jnp.concatenate([s.finished_seqs, top_seqs], axis=1), best)
             finished_scores = gather_beams(merged_scores, best)
             is_finished = gather_beams(
-                jnp.concatenate([s["is_finished"], just_finished], axis=1), best)
+                jnp.concatenate([s.is_finished, just_finished], axis=1), best)
 
             # reorder the cache rows to follow their beams (HF cache.reorder_cache)
             rows_index = (jnp.arange(b)[:, None] * beams + running_source).reshape(rows)
@@ -149,18 +167,18 @@ def beam_body(config: TransformerConfig, beams: int, max_len: int, alpha: float,
             best_running = running_scores[:, :1] / penalty[length]             # [b, 1]
             worst_finished = jnp.where(
                 is_finished, jnp.min(finished_scores, axis=1, keepdims=True), NEG)  # [b, K]
-            can_improve = s["can_improve"] & jnp.any(best_running > worst_finished, axis=-1,
+            can_improve = s.can_improve & jnp.any(best_running > worst_finished, axis=-1,
                                                      keepdims=True)
             go_on = (jnp.any(can_improve) & ~(jnp.all(is_finished) & stop_early)
                      & ~jnp.all(hits))
-            return dict(step=t + 1, running=running, running_scores=running_scores,
-                        finished_seqs=finished_seqs, finished_scores=finished_scores,
-                        is_finished=is_finished, can_improve=can_improve,
-                        last=running[:, :, t].reshape(rows), done=~go_on, cache=cache,
-                        buffers=record(s["buffers"], inter, t))
+            return BeamState(step=t + 1, running=running, running_scores=running_scores,
+                             finished_seqs=finished_seqs, finished_scores=finished_scores,
+                             is_finished=is_finished, can_improve=can_improve,
+                             last=running[:, :, t].reshape(rows), done=~go_on, cache=cache,
+                             buffers=record(s.buffers, inter, t))
 
-        out = lax.while_loop(lambda s: ~s["done"], body, state)
-        return out["finished_seqs"][:, 0], out["step"], out["buffers"]
+        out = lax.while_loop(lambda s: ~s.done, body, state)
+        return out.finished_seqs[:, 0], out.step, out.buffers
 
     return run
 

@@ -19,6 +19,17 @@ arguments, the decoder's cut to the step's query position with `lax.dynamic_inde
 functions see one step's value, except the decoder self-attention k/v, whose value is the
 whole cache `[rows, h, max_len, d]`.  Caches hold raw projections, so a patched decode equals
 patched full forwards on its own prefix.
+
+The cache (`cache_layout` lists it; a test checks `start_cache` against it), one entry per
+decoder layer i, mirroring torch_model.cache's `EncoderDecoderCache` (L = max_len):
+
+    decoder/layer_{i}/self_attn/cached_key, cached_value   [b, h, L, d]  slot j = position j
+    decoder/layer_{i}/self_attn/cache_index                []            positions written
+    decoder/layer_{i}/cross_attn/cached_key, cached_value  [b, h, s, d]  projected once
+    decoder/embed/cache_index                              []            the next position
+
+torch grows its self-attention K/V by concatenation (`[b, h, steps, d]`); JAX keeps all L
+slots (static shapes for `lax.while_loop`) and masks the unwritten ones (`prefix_mask`).
 """
 
 from __future__ import annotations
@@ -62,14 +73,29 @@ def captured(name: str) -> bool:
             and not (("_attn/" in name) and name.rsplit("/", 1)[1] in ("k", "v")))
 
 
+def cache_layout(config: TransformerConfig, batch: int, src_len: int, max_len: int
+                 ) -> dict[str, tuple[int, ...]]:
+    """The `cache` collection of a decode run, `{path: shape}` (module docstring)."""
+    h, d = config.num_heads, config.head_dim
+    out: dict[str, tuple[int, ...]] = {"decoder/embed/cache_index": ()}
+    for i in range(config.num_decoder_layers):
+        prefix = f"decoder/layer_{i}"
+        out[f"{prefix}/self_attn/cached_key"] = (batch, h, max_len, d)
+        out[f"{prefix}/self_attn/cached_value"] = (batch, h, max_len, d)
+        out[f"{prefix}/self_attn/cache_index"] = ()
+        out[f"{prefix}/cross_attn/cached_key"] = (batch, h, src_len, d)
+        out[f"{prefix}/cross_attn/cached_value"] = (batch, h, src_len, d)
+    return out
+
+
 def start_cache(model: Transformer, params: Params, encoded: jax.Array, src: jax.Array,
                 max_len: int) -> dict:
     """Create the decode cache: self-attention slots for `max_len` positions (zeros), the
     cross-attention keys/values projected once from `encoded`, every cache index at 0."""
     dummy = jnp.full((src.shape[0], max_len), model.config.pad_id, jnp.int32)  # [b, max_len]
     with patch_functions(None):  # the creating call's outputs are thrown away: patch nothing
-        _, state = model.apply({"params": params}, encoded, src, dummy, decode=True,
-                               method=Transformer.decode, mutable=["cache"])
+        _, state = model.apply({"params": params}, dummy, encoded, src != model.config.pad_id,
+                               decode=True, method=Transformer.decode, mutable=["cache"])
     return state["cache"]
 
 
@@ -111,9 +137,9 @@ def decode_step(model: Transformer, params: Params, cache: dict, encoded: jax.Ar
     cache, and (capture) this step's intermediates `{name: [b, ...]}`; `patch` is the step's
     `patch` collection (`step_patch`)."""
     mutable = ["cache", "intermediates"] if capture else ["cache"]
-    logits, state = model.apply(with_patch(params, patch, cache=cache), encoded, src,
-                                tokens[:, None], decode=True, method=Transformer.decode,
-                                mutable=mutable)
+    logits, state = model.apply(with_patch(params, patch, cache=cache), tokens[:, None],
+                                encoded, src != model.config.pad_id, decode=True,
+                                method=Transformer.decode, mutable=mutable)
     inter = {}
     if capture:
         inter = {n: v for n, v in flatten_sown(state["intermediates"]).items() if captured(n)}

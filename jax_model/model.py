@@ -2,8 +2,9 @@
 canonical parameter set and every `tap` (patch, perturb, sow: jax_model/capture.py) lands on a
 canonical intermediate name.
 
-Shapes: b batch, s source length, t target length, l either, h heads, d head dim, m d_model,
-f d_ff, v vocabulary.  Dropout (training only, `deterministic=False` with a "dropout" rng)
+The modules, their order and their call signatures mirror torch_model/model.py one for one
+(docs/architecture.md); the axis legend is spec/names.py's (b batch, s/t source/target length,
+l either, q/k query/key length, h heads, d head dim, m d_model, f d_ff, v vocabulary).  Dropout (training only, `deterministic=False` with a "dropout" rng)
 follows the paper: on the embedding output, on each sublayer's output before the residual add,
 and on the attention weights when `attention_dropout_rate > 0`; none inside the FFN.
 
@@ -31,8 +32,10 @@ from .attention import (
     attention_scores,
     causal_mask,
     masked_softmax,
+    merge_heads,
     padding_mask,
     prefix_mask,
+    split_heads,
     weighted_values,
 )
 from .capture import tap
@@ -91,9 +94,10 @@ class Embed(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, vectors: jax.Array, ids: jax.Array, deterministic: bool = True,
+    def __call__(self, ids: jax.Array, table: TokenTable, deterministic: bool = True,
                  decode: bool = False, norm: LayerNorm | None = None) -> jax.Array:
         cfg = self.config
+        vectors = table(ids)  # [b, l] -> [b, l, m]
         if cfg.scale_embeddings:
             vectors = vectors * math.sqrt(cfg.d_model)
         vectors = tap(self, "tokens", vectors)
@@ -140,7 +144,7 @@ class LayerNorm(nn.Module):
         return tap(self, "output", y)
 
 
-class MultiHeadAttention(nn.Module):
+class Attention(nn.Module):
     """Multi-head attention with Dense `query`, `key`, `value`, `out` ([m, m] kernels).
 
     Head i owns columns i*d:(i+1)*d of the query/key/value kernels.  Sows q, k, v, scores
@@ -152,24 +156,22 @@ class MultiHeadAttention(nn.Module):
     cross: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, memory: jax.Array | None, mask: jax.Array,
-                 deterministic: bool = True, decode: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, memory: jax.Array | None = None,
+                 mask: jax.Array | None = None, deterministic: bool = True,
+                 decode: bool = False) -> jax.Array:
+        """x [b, q, m] attends over memory [b, k, m] (cross) or over itself (memory None)."""
         cfg = self.config
-        h, d = cfg.num_heads, cfg.head_dim
-
-        def split(y: jax.Array) -> jax.Array:  # [b, l, m] -> [b, h, l, d]
-            return y.reshape(y.shape[0], y.shape[1], h, d).transpose(0, 2, 1, 3)
-
+        h = cfg.num_heads
         key_proj, value_proj = dense(cfg.d_model, "key"), dense(cfg.d_model, "value")
-        q = tap(self, "q", split(dense(cfg.d_model, "query")(x)))
+        q = tap(self, "q", split_heads(dense(cfg.d_model, "query")(x), h))  # [b, h, q, d]
         if not self.cross:
-            k, v = split(key_proj(x)), split(value_proj(x))
+            k, v = split_heads(key_proj(x), h), split_heads(value_proj(x), h)
             if decode:
                 k, v, mask = self._append_to_cache(k, v, mask)
         elif decode and self.has_variable("cache", "cached_key"):
             k, v = self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
         else:
-            k, v = split(key_proj(memory)), split(value_proj(memory))
+            k, v = split_heads(key_proj(memory), h), split_heads(value_proj(memory), h)
             if decode:
                 self.put_variable("cache", "cached_key", k)
                 self.put_variable("cache", "cached_value", v)
@@ -180,9 +182,7 @@ class MultiHeadAttention(nn.Module):
         dropped = nn.Dropout(cfg.attention_dropout_rate, name="weights_dropout")(
             weights, deterministic=deterministic)
         context = tap(self, "context", weighted_values(dropped, v))    # [b, h, q, d]
-        b, _, lq, _ = context.shape
-        merged = context.transpose(0, 2, 1, 3).reshape(b, lq, cfg.d_model)  # head i -> cols i*d
-        return tap(self, "output", dense(cfg.d_model, "out")(merged))  # [b, q, m]
+        return tap(self, "output", dense(cfg.d_model, "out")(merge_heads(context)))  # [b, q, m]
 
     def _append_to_cache(self, k: jax.Array, v: jax.Array, mask: jax.Array
                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -218,17 +218,19 @@ class FeedForward(nn.Module):
         return tap(self, "output", dense(cfg.d_model, "w2")(act))      # [b, l, m]
 
 
-def residual(config: TransformerConfig, name: str, sublayer: Callable[[jax.Array], jax.Array],
-             x: jax.Array, deterministic: bool) -> jax.Array:
-    """One residual sublayer, creating `{name}_norm` in the calling module.
+def residual(config: TransformerConfig, x: jax.Array, deterministic: bool, sublayer: nn.Module,
+             *args) -> jax.Array:
+    """One residual sublayer `sublayer(x, *args)`, creating `{name}_norm` (name =
+    the sublayer's) in the calling module, as torch_model's `_Layer.residual` does.
 
     post-LN (the paper): norm(x + dropout(sublayer(x)));  pre-LN: x + dropout(sublayer(norm(x))).
     """
+    name = sublayer.name
     norm = LayerNorm(config, name=f"{name}_norm")
     drop = nn.Dropout(config.dropout_rate, name=f"{name}_dropout")
     if config.norm_position == "pre":
-        return x + drop(sublayer(norm(x)), deterministic=deterministic)
-    return norm(x + drop(sublayer(x), deterministic=deterministic))
+        return x + drop(sublayer(norm(x), *args), deterministic=deterministic)
+    return norm(x + drop(sublayer(x, *args), deterministic=deterministic))
 
 
 def embed_norm(config: TransformerConfig) -> LayerNorm | None:
@@ -244,9 +246,9 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg = self.config
-        x = residual(cfg, "self_attn", lambda y: MultiHeadAttention(cfg, name="self_attn")(
-            y, None, mask, deterministic=deterministic), x, deterministic)
-        return residual(cfg, "ffn", FeedForward(cfg, name="ffn"), x, deterministic)
+        x = residual(cfg, x, deterministic, Attention(cfg, name="self_attn"), None, mask,
+                     deterministic)
+        return residual(cfg, x, deterministic, FeedForward(cfg, name="ffn"))
 
 
 class DecoderLayer(nn.Module):
@@ -259,12 +261,11 @@ class DecoderLayer(nn.Module):
                  cross_mask: jax.Array, deterministic: bool = True,
                  decode: bool = False) -> jax.Array:
         cfg = self.config
-        x = residual(cfg, "self_attn", lambda y: MultiHeadAttention(cfg, name="self_attn")(
-            y, None, self_mask, deterministic=deterministic, decode=decode), x, deterministic)
-        x = residual(cfg, "cross_attn", lambda y: MultiHeadAttention(
-            cfg, cross=True, name="cross_attn")(
-            y, memory, cross_mask, deterministic=deterministic, decode=decode), x, deterministic)
-        return residual(cfg, "ffn", FeedForward(cfg, name="ffn"), x, deterministic)
+        x = residual(cfg, x, deterministic, Attention(cfg, name="self_attn"), None, self_mask,
+                     deterministic, decode)
+        x = residual(cfg, x, deterministic, Attention(cfg, cross=True, name="cross_attn"), memory,
+                     cross_mask, deterministic, decode)
+        return residual(cfg, x, deterministic, FeedForward(cfg, name="ffn"))
 
 
 class Encoder(nn.Module):
@@ -275,13 +276,15 @@ class Encoder(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, src: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, src: jax.Array, src_mask: jax.Array,
+                 deterministic: bool = True) -> jax.Array:
+        """src [b, s] ids, src_mask [b, s] (True = real token) -> [b, s, m]."""
         cfg = self.config
         table = self.shared if self.shared is not None else TokenTable(cfg, "encoder",
                                                                         name="embedding")
-        x = Embed(cfg, name="embed")(table(src), src, deterministic=deterministic,
+        x = Embed(cfg, name="embed")(src, table, deterministic=deterministic,
                                      norm=embed_norm(cfg))
-        mask = padding_mask(src, cfg.pad_id)  # [b, 1, 1, s]
+        mask = padding_mask(src_mask)  # [b, 1, 1, s]
         # remat: keep only each layer's input for the backward pass; `deterministic` (argument
         # 3, counting self) is a Python bool, so static
         layer = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
@@ -292,7 +295,7 @@ class Encoder(nn.Module):
         return tap(self, "output", x)
 
 
-class OutputProjection(nn.Module):
+class Output(nn.Module):
     """Logits: tied (the decoder's token table) or `kernel [m, v]`, plus optional `bias [v]`."""
 
     config: TransformerConfig
@@ -312,27 +315,30 @@ class OutputProjection(nn.Module):
 
 class Decoder(nn.Module):
     """embed -> layers (causal self_attn, cross_attn, ffn) -> final_norm (pre-LN) -> logits;
-    sows `output` [b, t, m].  The output layer is owned by the Transformer (canonical `output/*`)."""
+    sows `output` [b, t, m].  The output layer is owned by the Transformer (canonical
+    `output/*`) and applied here to the decoder's own table, as in torch_model."""
 
     config: TransformerConfig
-    projection: OutputProjection
+    projection: Output
     shared: TokenTable | None = None
     remat: bool = False
 
     @nn.compact
-    def __call__(self, encoded: jax.Array, src: jax.Array, tgt: jax.Array,
+    def __call__(self, tgt: jax.Array, memory: jax.Array, src_mask: jax.Array,
                  deterministic: bool = True, decode: bool = False) -> jax.Array:
+        """tgt [b, t] ids (one position per call with decode=True), memory [b, s, m],
+        src_mask [b, s] -> logits [b, t, v]."""
         cfg = self.config
         table = self.shared if self.shared is not None else TokenTable(cfg, "decoder",
                                                                         name="embedding")
-        x = Embed(cfg, name="embed")(table(tgt), tgt, deterministic=deterministic, decode=decode,
+        x = Embed(cfg, name="embed")(tgt, table, deterministic=deterministic, decode=decode,
                                      norm=embed_norm(cfg))
         self_mask = causal_mask(tgt.shape[1])        # [1, 1, t, t]
-        cross_mask = padding_mask(src, cfg.pad_id)   # [b, 1, 1, s]
+        cross_mask = padding_mask(src_mask)          # [b, 1, 1, s]
         # remat as in the Encoder; `deterministic` and `decode` are arguments 5 and 6
         layer = nn.remat(DecoderLayer, static_argnums=(5, 6)) if self.remat else DecoderLayer
         for i in range(cfg.num_decoder_layers):
-            x = layer(cfg, name=f"layer_{i}")(x, encoded, self_mask, cross_mask, deterministic,
+            x = layer(cfg, name=f"layer_{i}")(x, memory, self_mask, cross_mask, deterministic,
                                               decode)
         if cfg.norm_position == "pre":
             x = LayerNorm(cfg, name="final_norm")(x)
@@ -356,20 +362,29 @@ class Transformer(nn.Module):
         if cfg.share_embeddings:
             self.shared_embedding = TokenTable(cfg, "encoder")
             shared = self.shared_embedding
-        self.output = OutputProjection(cfg)
+        self.output = Output(cfg)
         self.encoder = Encoder(cfg, shared=shared, remat=self.remat)
         self.decoder = Decoder(cfg, projection=self.output, shared=shared, remat=self.remat)
 
-    def encode(self, src: jax.Array, deterministic: bool = True) -> jax.Array:
-        """`[b, s]` ids -> encoder output `[b, s, m]`."""
-        return self.encoder(src, deterministic=deterministic)
+    def source_mask(self, src: jax.Array) -> jax.Array:
+        """[b, s] True for real source tokens (keys equal to pad_id are masked)."""
+        return src != self.config.pad_id
 
-    def decode(self, encoded: jax.Array, src: jax.Array, tgt: jax.Array,
+    def encode(self, src: jax.Array, src_mask: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+        """src [b, s] ids -> encoder output [b, s, m]."""
+        if src_mask is None:
+            src_mask = self.source_mask(src)
+        return self.encoder(src, src_mask, deterministic=deterministic)
+
+    def decode(self, tgt: jax.Array, memory: jax.Array, src_mask: jax.Array,
                deterministic: bool = True, decode: bool = False) -> jax.Array:
-        """Encoder output, its source ids (for the padding mask) and `[b, t]` decoder input ->
-        logits `[b, t, v]`; sows `logits`."""
-        logits = self.decoder(encoded, src, tgt, deterministic=deterministic, decode=decode)
+        """tgt [b, t] (one position per call with decode=True), memory [b, s, m], src_mask
+        [b, s] -> logits [b, t, v]; taps `logits`."""
+        logits = self.decoder(tgt, memory, src_mask, deterministic=deterministic, decode=decode)
         return tap(self, "logits", logits)
 
     def __call__(self, src: jax.Array, tgt: jax.Array, deterministic: bool = True) -> jax.Array:
-        return self.decode(self.encode(src, deterministic), src, tgt, deterministic)
+        """src [b, s], tgt [b, t] (starts with bos) -> logits [b, t, v]."""
+        src_mask = self.source_mask(src)
+        return self.decode(tgt, self.encode(src, src_mask, deterministic), src_mask, deterministic)

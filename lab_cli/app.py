@@ -10,12 +10,10 @@ write one subfolder per version (`results_both/jax`, `results_both/pytorch`, ...
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from spec.files import write_json
 from training import NonFiniteLossError
 
 from . import artifacts, configs, models, runners
@@ -23,7 +21,7 @@ from .configs import RunSetup
 
 
 def debug_trace(setup: RunSetup, initial: dict[str, Any], versions: tuple[str, ...]) -> str:
-    """SEED.md's step-by-step trace of the first version's forward pass on two training
+    """docs/tutorial.md's step-by-step trace of the first version's forward pass on two training
     examples (initial weights); with several versions, their captures side by side."""
     from analysis.trace import format_trace, format_trace_side_by_side
 
@@ -91,8 +89,7 @@ def run_setup(args: argparse.Namespace, setup: RunSetup) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": summaries}
     if several:
         report = compare.compare(results, setup, initial, root, visualize=args.visualize)
-        (root / "comparison.json").write_text(json.dumps(_jsonable(report), indent=1) + "\n",
-                                              encoding="utf-8")
+        write_json(root / "comparison.json", report)
         print(compare.format_report(report), flush=True)
         out["comparison"] = report
     return out
@@ -112,13 +109,3 @@ def format_run(version: str, summary: dict[str, Any]) -> str:
         ref = f"  (reference {row['reference']!r})" if "reference" in row else ""
         lines.append(f"  {row['source']!r} -> {beam!r}{ref}")
     return "\n".join(lines)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x

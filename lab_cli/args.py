@@ -1,4 +1,4 @@
-"""The command line of `main.py`: every flag of the original tutorial (SEED.md) and this project's.
+"""The command line of `main.py`: every flag of the original tutorial (docs/tutorial.md) and this project's.
 
 Flag values are checked here, by argparse types and choices, so a bad value stops the run before
 any framework is imported, with argparse's one-line `error:` and exit status 2.  Values that only
@@ -18,7 +18,7 @@ from pathlib import Path
 
 VERSIONS = ("jax", "pytorch", "huggingface", "both", "all", "analysis", "interpret")
 FRAMEWORKS = ("jax", "pytorch", "huggingface")
-# `both` compares the reference with its mirror by default; SEED.md's `both` meant
+# `both` compares the reference with its mirror by default; docs/tutorial.md's `both` meant
 # pytorch + huggingface, which is `--version both --versions pytorch,huggingface`.
 DEFAULT_PAIR = ("jax", "pytorch")
 TASKS = ("numbers", "copy", "reverse", "sort", "corpus")

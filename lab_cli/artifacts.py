@@ -5,25 +5,23 @@ The trainers write `metrics.jsonl`, `internals_step_<N>.npz` and the canonical w
 `translations.json` (held-out or given sources, greedy and beam, with references),
 `analysis_report.json` (`TransformerAnalyzer.comprehensive_analysis` on a probe batch),
 `summary.json` (configs, data, final metrics, time) and, with --visualize, everything
-`analysis.outputs.write_outputs` writes (the SEED.md figures, `debug_trace.txt`,
+`analysis.outputs.write_outputs` writes (the docs/tutorial.md figures, `debug_trace.txt`,
 `report.html`) plus `translation_cross_attention.png`, the alignment of a translated example.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from analysis import TransformerAnalyzer, TransformerVisualizer, plots
-from analysis.analyzer import json_safe
 from analysis.internals import load_captures
 from analysis.outputs import REPORT_FILE, write_outputs
+from spec.files import write_json
 from training import read_metrics
 
 from .configs import RunSetup
@@ -95,7 +93,7 @@ def write_run_artifacts(run_dir: Path, model: LoadedModel, setup: RunSetup,
     task = setup.task
     sources, references = example_sources(args, task)
     translations = translate(model, setup, sources, references, args.beam_size)
-    _write_json(run_dir / "translations.json", translations)
+    write_json(run_dir / "translations.json", translations)
 
     probe = probe_batch(task)
     analyzer = TransformerAnalyzer(model.adapter, label_smoothing=setup.train.label_smoothing)
@@ -118,7 +116,7 @@ def write_run_artifacts(run_dir: Path, model: LoadedModel, setup: RunSetup,
         "translations": translations,
         "files": sorted(str(p.relative_to(run_dir)) for p in figures),
     }
-    _write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
     return summary
 
 
@@ -152,7 +150,7 @@ def write_stopped_summary(run_dir: Path, version: str, setup: RunSetup, error: E
         "last_checkpoint": getattr(error, "last_checkpoint", None),
         "last_metrics": history[-1] if history else None, "translations": [], "files": [],
     }
-    _write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
     return summary
 
 
@@ -184,12 +182,3 @@ def translation_figure(run_dir: Path, model: LoadedModel, setup: RunSetup, sourc
     viz = TransformerVisualizer(run_dir)
     return viz.save(plots.cross_attention_figure(inter, src_labels, tgt_labels),
                     "translation_cross_attention.png")
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    """Strict JSON (a non-finite number becomes null), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(doc), indent=1, ensure_ascii=False, allow_nan=False)
-                   + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -4,11 +4,12 @@ and the JSON report."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+
+from spec import files
 
 from .tolerances import normalised_diff
 
@@ -111,7 +112,4 @@ def write_json(path: str | os.PathLike, checks: list[Check], extra: dict | None 
     data = {"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks]}
     if extra:
         data.update(extra)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, allow_nan=True)
-    os.replace(tmp, path)
+    files.write_json(path, data, strict=False)

@@ -7,7 +7,7 @@ a trained model), so one number can serve every intermediate.
 
 from __future__ import annotations
 
-import numpy as np
+from spec.compare import normalised_diff  # noqa: F401  (parity's measure, re-exported)
 
 # float32 forward intermediates.  Both frameworks compute the same float32 math at full matmul
 # precision; only summation order differs (XLA vs ATen kernels), which costs a few ulps per
@@ -27,14 +27,3 @@ OPTIMIZER_EPS = 1e-6
 
 # Decoded tokens must be identical: a single flipped argmax is a real divergence.
 TOKENS = 0.0
-
-
-def normalised_diff(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """(max |a - ref|, max |a - ref| / max(1, max |ref|)), computed in float64."""
-    a = np.asarray(a, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if a.size == 0:
-        return 0.0, 0.0
-    max_abs = float(np.max(np.abs(a - ref)))
-    scale = max(1.0, float(np.max(np.abs(ref))))
-    return max_abs, max_abs / scale

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TransformerConfig
+from .inputs import to_numpy
 from .names import param_shapes
 
 CONFIG_FILE = "config.json"
@@ -60,7 +61,7 @@ def check_finite_params(flat: Mapping[str, object], where: str) -> None:
     """ValueError naming every parameter holding NaN or inf: such weights are never right."""
     bad = []
     for name, value in flat.items():
-        array = _to_numpy(value)
+        array = to_numpy(value)
         if not np.all(np.isfinite(array)):
             bad.append(f"{name} ({int(np.sum(np.isnan(array)))} NaN, "
                        f"{int(np.sum(np.isinf(array)))} inf of {array.size})")
@@ -105,7 +106,7 @@ def save_checkpoint(folder: str | os.PathLike, flat: Mapping[str, object],
     folder = Path(folder)
     _check_target(folder)
     with np.errstate(over="ignore"):  # a float64 value past float32's range: reported below
-        arrays = {name: np.ascontiguousarray(_to_numpy(flat[name]), dtype=np.float32)
+        arrays = {name: np.ascontiguousarray(to_numpy(flat[name]), dtype=np.float32)
                   for name in param_shapes(config)}
     check_finite_params(arrays, f"the checkpoint for {folder}")
     try:
@@ -164,9 +165,3 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], T
     check_params(flat, config)
     check_finite_params(flat, f"checkpoint {weights_path}")
     return dict(flat), config
-
-
-def _to_numpy(x: object) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x)

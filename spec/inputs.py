@@ -12,9 +12,13 @@ from .config import TransformerConfig
 
 
 def to_numpy(x: object) -> np.ndarray:
-    """numpy, jax or torch array -> numpy (no framework import needed)."""
+    """numpy, jax or torch array -> numpy, with no framework import; torch's half precisions
+    are widened to float32 (numpy has no bfloat16).  The one such helper of the project."""
     if hasattr(x, "detach"):  # torch.Tensor
-        x = x.detach().cpu().numpy()
+        x = x.detach()
+        if str(x.dtype) in ("torch.float16", "torch.bfloat16"):
+            x = x.float()
+        x = x.cpu().numpy()
     return np.asarray(x)
 
 

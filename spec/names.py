@@ -1,14 +1,26 @@
 """Canonical names: every parameter and every intermediate, in the order the model runs.
 
 These lists are the contract between the implementations: the Flax sow names, the torch tap
-paths, the parity report and the plot titles all use them.  Axis legend used everywhere:
-b batch, s source length, t target length, h heads, k head dim (d_model / h), d d_model,
-f d_ff, v vocabulary.
+paths, the parity report and the plot titles all use them.
+
+The one axis legend, used by every einsum string and shape comment in jax_model and
+torch_model (and in the flax / gemma style of `"bhqd,bhkd->bhqk"`):
+
+    b batch          s source length     t target length     l either length
+    q query length   k key length        h heads             d head dim (d_model / h)
+    m d_model        f d_ff              v vocabulary
+
+(docs/architecture.md writes a head's width as "k" in its shape table, as the paper's d_k;
+the code uses d, so that k can name the key axis of attention.)
 """
 
 from __future__ import annotations
 
 from .config import TransformerConfig
+
+AXES = {"b": "batch", "s": "source length", "t": "target length", "l": "either length",
+        "q": "query length", "k": "key length", "h": "heads", "d": "head dim (d_model / h)",
+        "m": "d_model", "f": "d_ff", "v": "vocabulary"}
 
 ATTENTION_POINTS = ("q", "k", "v", "scores", "weights", "context", "output")
 FFN_POINTS = ("pre_activation", "activation", "output")

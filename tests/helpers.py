@@ -34,6 +34,11 @@ def hand_batch(seed: int = 0, rows: int = 8, s: int = 7, t: int = 5) -> dict[str
     return {"src": src, "tgt_in": tgt, "labels": labels}
 
 
+def normalised(a: np.ndarray, ref: np.ndarray) -> float:
+    """The contract's normalised difference (spec.compare), as one float."""
+    return spec.normalised_diff(a, ref)[1]
+
+
 def random_flat(config: spec.TransformerConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Canonical weights with non-trivial norms and biases, so every parameter matters."""
     return spec.random_params(config, seed, weight_std=0.3)

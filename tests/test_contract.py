@@ -150,3 +150,35 @@ def test_every_implementation_computes_the_same_logits(kind):
             ref = reference[1]["logits" if point == "returned logits" else point]
             diff = np.abs(value - ref).max() / max(1.0, np.abs(ref).max())
             assert diff < 1e-5, f"{name} {point}: normalised diff {diff:.2e}"
+
+
+def test_jax_decode_cache_has_the_documented_layout():
+    jax_model = pytest.importorskip("jax_model")
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    from jax_model.decoding import cache_layout, start_cache
+
+    config = CONFIGS["post"]
+    params = jax_model.from_canonical(random_flat(config), config)
+    src, _ = padded_ids(config, b=2, s=6, t=3)
+    model = jax_model.Transformer(config)
+    memory = model.apply({"params": params}, jnp.asarray(src), method=jax_model.Transformer.encode)
+    cache = start_cache(model, params, memory, jnp.asarray(src), 5)
+    got = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(cache, sep="/").items()}
+    assert got == cache_layout(config, 2, 6, 5)
+
+
+def test_every_einsum_letter_is_in_the_one_axis_legend():
+    """jax_model and torch_model write their einsums with spec/names.py's axes only."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    letters = set()
+    for folder in ("jax_model", "torch_model"):
+        for path in (root / folder).glob("*.py"):
+            for spec_string in re.findall(r"einsum\(\s*\"([a-z,\->.]+)\"", path.read_text()):
+                letters |= set(spec_string) - set(",->.")
+    assert letters, "no einsum found: the pattern above is stale"
+    assert letters <= set(spec.names.AXES), sorted(letters - set(spec.names.AXES))

@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md: which frameworks each package may pull in.
+"""The dependency direction of docs/architecture.md: which frameworks each package may pull in.
 
 A torch-only user must not need jax, a jax-only user must not need torch, and the framework-free
 packages import neither.  Each import runs in a fresh interpreter, so nothing is preloaded.

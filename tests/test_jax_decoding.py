@@ -278,7 +278,7 @@ def test_beam_capture_has_a_row_per_beam(model):
     (dict(beam_size=True), "beam_size must be a positive integer"),
     (dict(max_len=0), "max_len must be a positive integer, got 0"),
     (dict(max_len=13), "max_len=13 is over the config's max_len=12"),
-    (dict(alpha="1"), "alpha must be a real number"),
+    (dict(alpha="1"), "alpha must be a finite real number"),
     (dict(early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
     (dict(src=np.array([[5, 40]])), "src holds token id 40"),
     (dict(src=np.array([5, 6])), "src must be a 2-D"),

@@ -34,7 +34,7 @@ TINY = ["--task", "reverse", "--max_len", "12", "--train_size", "64", "--eval_si
         "--hidden_size", "32", "--num_layers", "1", "--num_heads", "2", "--epochs", "1",
         "--batch_size", "16", "--quiet"]
 NUMBERS = ["--task", "numbers", "--max_len", "80"]
-# SEED.md "Outputs a run writes", plus this project's additions (with --visualize).
+# docs/tutorial.md "Outputs a run writes", plus this project's additions (with --visualize).
 SEED_FILES = [
     "training_curves.png", "analysis_report.json",
     "visualizations/attention/attention_evolution.png",

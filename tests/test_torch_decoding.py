@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import normalised
 
 import spec
 import torch_model as tm
@@ -63,9 +64,6 @@ def sources(config: spec.TransformerConfig, b: int = 3, seed: int = 0) -> np.nda
     return src
 
 
-def normalised_diff(a, ref) -> float:
-    a, ref = np.asarray(a), np.asarray(ref)
-    return float(np.max(np.abs(a - ref)) / max(1.0, np.max(np.abs(ref))))
 
 
 # -- the cache --------------------------------------------------------------------------------
@@ -92,7 +90,7 @@ def test_cached_steps_equal_full_causal_forward(name, first):
             pieces.append(model.decode(tgt_t[:, t:t + 1], memory, mask, cache))
     stepped = torch.cat(pieces, dim=1)
     # float32, summed in a different order (one query row at a time): round-off only
-    assert normalised_diff(stepped.numpy(), full.detach().numpy()) < 1e-5
+    assert normalised(stepped.numpy(), full.detach().numpy()) < 1e-5
     assert all(cache.is_updated[i] for i in range(config.num_decoder_layers))
     assert cache.cross_attention_cache.layers[0].keys.shape == (3, 3, S, 8)  # computed once
     assert cache.self_attention_cache.layers[2].keys.shape == (3, 3, 6, 8)
@@ -258,8 +256,8 @@ def test_greedy_capture_steps_match_the_full_forward():
     _, full = tm.forward(model, src, tgt)
     for name in ("decoder/layer_2/self_attn/weights", "decoder/layer_0/cross_attn/weights"):
         stepped = inter[name][:, :, :, 0].transpose(1, 2, 0, 3)          # [b, h, steps, lk]
-        assert normalised_diff(stepped, full[name]) < 1e-5
-    assert normalised_diff(inter["logits"][:, :, 0].transpose(1, 0, 2), full["logits"]) < 1e-5
+        assert normalised(stepped, full[name]) < 1e-5
+    assert normalised(inter["logits"][:, :, 0].transpose(1, 0, 2), full["logits"]) < 1e-5
 
 
 def test_beam_capture_shapes():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import padded_ids, random_flat
+from helpers import normalised, padded_ids, random_flat
 
 import spec
 import torch_model as tm
@@ -48,11 +48,9 @@ def loaded(config: spec.TransformerConfig, seed: int = 0) -> tm.Transformer:
     return tm.Transformer(config).load_canonical(random_flat(config, seed))
 
 
-def normalised_diff(a: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.max(np.abs(a - ref)) / max(1.0, np.max(np.abs(ref))))
 
 
-# -- a numpy re-implementation, float64, written from DESIGN.md alone ---------------------------
+# -- a numpy re-implementation, float64, written from docs/architecture.md alone ---------------------------
 def numpy_forward(flat, c, src, tgt):
     f = {k: v.astype(np.float64) for k, v in flat.items()}
     h, k = c.num_heads, c.head_dim
@@ -210,7 +208,7 @@ def test_logits_equal_numpy_reimplementation(config):
     logits, _ = tm.forward(tm.Transformer(config).load_canonical(flat), src, tgt, capture=False)
     ref = numpy_forward(flat, config, src, tgt)
     # float32 against float64 through 5 layers: 1e-5 of the largest logit is float32 round-off
-    assert normalised_diff(logits.detach().numpy(), ref) < 1e-5
+    assert normalised(logits.detach().numpy(), ref) < 1e-5
 
 
 # -- intermediates ----------------------------------------------------------------------------
@@ -322,7 +320,7 @@ def test_patching_a_head_matches_manual_recomputation():
     with tm.patch(model, {"decoder/layer_1/self_attn/context": zero_head_context}):
         via_context, _ = tm.forward(model, src, tgt, capture=False)
     assert not tm.has_hooks(model)
-    assert normalised_diff(patched.detach().numpy(), base.detach().numpy()) > 1e-3
+    assert normalised(patched.detach().numpy(), base.detach().numpy()) > 1e-3
     np.testing.assert_allclose(patched.detach().numpy(), via_context.detach().numpy(), atol=1e-6)
     # the capture records the patched value, and the output projection sees it
     p = "decoder/layer_1/self_attn"
@@ -392,10 +390,10 @@ def test_padding_invariance():
     b, inter_b = tm.forward(model, longer, tgt)
     rows = [0, 1, 3]  # real rows: extra padded keys change nothing (all-pad row 2 does change:
     # its uniform weights spread over more positions)
-    assert normalised_diff(b.detach().numpy()[rows], a.detach().numpy()[rows]) < 1e-6
+    assert normalised(b.detach().numpy()[rows], a.detach().numpy()[rows]) < 1e-6
     short = src[1:2, :4]  # row 1 without its padding
     c, _ = tm.forward(model, short, tgt[1:2], capture=False)
-    assert normalised_diff(c.detach().numpy(), a.detach().numpy()[1:2]) < 1e-6
+    assert normalised(c.detach().numpy(), a.detach().numpy()[1:2]) < 1e-6
     np.testing.assert_allclose(inter_b["encoder/output"][rows, :S], inter_a["encoder/output"][rows], atol=1e-5)
 
 
@@ -486,7 +484,7 @@ def test_gradients_canonical_layout_and_checkpointing():
     np.testing.assert_array_equal(plain["decoder/layer_0/ffn/w1/kernel"],
                                   model.decoder.layer_0.ffn.w1.weight.grad.numpy().T)
     assert all(np.abs(g).max() > 0 for g in plain.values())
-    assert all(normalised_diff(ckpt[n], plain[n]) < 1e-6 for n in plain)
+    assert all(normalised(ckpt[n], plain[n]) < 1e-6 for n in plain)
     with pytest.raises(ValueError, match="no gradient"):
         tm.Transformer(config).canonical_grads()
 

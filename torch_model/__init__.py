@@ -19,6 +19,7 @@ from .model import (
     FeedForward,
     LayerNorm,
     Output,
+    TokenTable,
     Transformer,
 )
 from .pretrained import from_pretrained
@@ -27,6 +28,7 @@ from .taps import Tap, capture, has_hooks, name_taps, named_taps, patch, watch
 __all__ = [
     "Attention", "Decoder", "DecoderLayer", "DynamicCache", "Embed", "Encoder",
     "EncoderDecoderCache", "EncoderLayer", "FeedForward", "LayerNorm", "Output", "Tap",
+    "TokenTable",
     "Transformer", "beam_search", "canonical_parameters", "capture", "forward",
     "from_pretrained", "full_precision", "greedy_decode", "has_hooks", "init", "name_taps",
     "named_taps", "patch", "watch",

@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from spec import TransformerConfig, check_token_array, check_tokens, intermediate_shapes
+from spec import (
+    TransformerConfig,
+    check_token_array,
+    check_tokens,
+    intermediate_shapes,
+    to_numpy,
+)
 from spec.interventions import Intervention, Metric
 from spec.patching import as_patch, forward_plan
 
@@ -22,7 +28,7 @@ from .api import as_ids, forward, full_precision, mode, model_device, patch_func
 from .decoding import beam_search, greedy_decode
 from .loss import smoothed_loss
 from .model import Transformer
-from .taps import to_numpy, watch
+from .taps import watch
 
 
 @contextlib.contextmanager

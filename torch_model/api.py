@@ -1,4 +1,4 @@
-"""The checked entry points: `init` and `forward` (DESIGN.md "Entry points").
+"""The checked entry points: `init` and `forward` (docs/architecture.md "Entry points").
 
 `forward` validates the ids (`spec.check_tokens`), runs deterministic unless asked otherwise
 whatever the module's train/eval mode, forces full float32 matmul precision, applies `patch`

@@ -1,6 +1,7 @@
 """Attention math as small pure functions, and the two masks.
 
-Axis legend: b batch, q query length, k key length, h heads, d head dim, m model dim.
+Axis legend (spec/names.py): b batch, h heads, q query length, k key length, d head dim,
+l either length, m d_model.  The functions mirror jax_model/attention.py one for one.
 Masks are boolean, True where a query may attend; they broadcast to scores `[b, h, q, k]`.
 """
 
@@ -39,14 +40,14 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     return torch.softmax(scores, dim=-1)  # [b, h, q, k]
 
 
-def attend(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def weighted_values(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """weights @ v: [b, h, q, k], [b, h, k, d] -> [b, h, q, d]."""
     return torch.einsum("bhqk,bhkd->bhqd", weights, v)
 
 
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     mask: torch.Tensor | None, dropout_p: float = 0.0) -> torch.Tensor:
-    """`attend(masked_softmax(attention_scores(q, k), mask), v)` by torch's fused
+    """`weighted_values(masked_softmax(attention_scores(q, k), mask), v)` by torch's fused
     `scaled_dot_product_attention`: [b, h, q, d], [b, h, k, d] x2 -> [b, h, q, d].
 
     The mask is given as an additive bias of the dtype's most negative value: in float32

@@ -3,8 +3,10 @@
 Module paths already are the canonical names, so the mapping is by module type:
 nn.Linear `weight` [out, in] <-> `kernel` [in, out] (transposed), `bias` <-> `bias`;
 nn.Embedding `weight` <-> `embedding`; LayerNorm `weight` <-> `scale`, `bias` <-> `bias`;
-a learned `Embed.positions` <-> `{side}/embed/positions`;
-the root `Output` `weight` [v, m] <-> `output/kernel` [m, v] (transposed), `bias` <-> `output/bias`.
+and a module of our own that holds other parameters lists them itself (`canonical_params()`:
+a learned `Embed.positions` <-> `{side}/embed/positions`; the root `Output` `weight` [v, m] <->
+`output/kernel` [m, v] (transposed), `bias` <-> `output/bias`).  This module imports nothing
+from `model.py`, so the two do not import each other.
 """
 
 from __future__ import annotations
@@ -17,10 +19,8 @@ from torch import nn
 
 from spec import check_params, param_shapes, to_numpy
 
-from .model import Embed, Output, Transformer
 
-
-def canonical_parameters(model: Transformer) -> dict[str, tuple[nn.Parameter, bool]]:
+def canonical_parameters(model: nn.Module) -> dict[str, tuple[nn.Parameter, bool]]:
     """canonical name -> (torch parameter, whether the canonical array is its transpose)."""
     entries: dict[str, tuple[nn.Parameter, bool]] = {}
     for path, module in model.named_modules():
@@ -33,13 +33,9 @@ def canonical_parameters(model: Transformer) -> dict[str, tuple[nn.Parameter, bo
         elif isinstance(module, nn.LayerNorm):
             entries[f"{prefix}/scale"] = (module.weight, False)
             entries[f"{prefix}/bias"] = (module.bias, False)
-        elif isinstance(module, Embed) and isinstance(module.positions, nn.Parameter):
-            entries[f"{prefix}/positions"] = (module.positions, False)  # learned [rows, m]
-        elif isinstance(module, Output):
-            if module.weight is not None:
-                entries[f"{prefix}/kernel"] = (module.weight, True)  # [v, m] -> [m, v]
-            if module.bias is not None:
-                entries[f"{prefix}/bias"] = (module.bias, False)
+        elif hasattr(module, "canonical_params"):
+            for suffix, entry in module.canonical_params().items():
+                entries[f"{prefix}/{suffix}"] = entry
     expected = param_shapes(model.config)
     if set(entries) != set(expected):
         raise AssertionError(f"torch parameters do not map onto the canonical names: "
@@ -54,7 +50,7 @@ def _export(t: torch.Tensor, transpose: bool) -> np.ndarray:
     return np.array((t.T if transpose else t).numpy(), order="C", copy=True)
 
 
-def load_canonical(model: Transformer, flat: Mapping[str, object]) -> None:
+def load_canonical(model: nn.Module, flat: Mapping[str, object]) -> None:
     """Copy canonical arrays (numpy, torch or jax) into the model, strictly.
 
     A missing, unexpected, mis-shaped or non-float name raises one ValueError listing them all
@@ -67,13 +63,13 @@ def load_canonical(model: Transformer, flat: Mapping[str, object]) -> None:
             param.copy_(value.T if transpose else value)  # kernel [in, out] -> weight [out, in]
 
 
-def to_canonical(model: Transformer) -> dict[str, np.ndarray]:
+def to_canonical(model: nn.Module) -> dict[str, np.ndarray]:
     """{canonical name: float32 numpy array}, Dense kernels [in, out]."""
     return {name: _export(param, transpose)
             for name, (param, transpose) in canonical_parameters(model).items()}
 
 
-def canonical_grads(model: Transformer) -> dict[str, np.ndarray]:
+def canonical_grads(model: nn.Module) -> dict[str, np.ndarray]:
     """The `.grad` of every parameter in canonical layout (call after `backward`)."""
     entries = canonical_parameters(model)
     missing = [name for name, (param, _) in entries.items() if param.grad is None]

@@ -24,6 +24,8 @@ selections refer to the step's query position (and, for self-attention k/v, to c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -104,8 +106,10 @@ def decode_patch(model: Transformer, patch: Mapping | None, src: np.ndarray, max
     device = model_device(model)
     window = [0, 1]  # query positions start..stop-1 of the running decoder call
 
+    signature = inspect.signature(model.decoder.forward)
+
     def feed(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        cache = args[4] if len(args) > 4 else kwargs.get("cache")
+        cache = signature.bind(*args, **kwargs).arguments.get("cache")
         window[0] = cache.get_seq_length() if cache is not None else 0
         window[1] = window[0] + args[0].shape[1]
 
@@ -160,6 +164,19 @@ def greedy_decode(model: Transformer, src: object, max_len: int, patch: Mapping 
     return (out, recorder.stacked()) if capture else out
 
 
+@dataclasses.dataclass
+class BeamState:
+    """The search's state between steps, the fields of jax_model.beam_search.BeamState
+    (b batch, K beams, L = 1 + max_len: torch keeps the start token in column 0)."""
+
+    running: torch.Tensor          # [b, K, L] running beams' tokens
+    running_scores: torch.Tensor   # [b, K] their summed log-probs (beams 1.. start at -1e9)
+    finished_seqs: torch.Tensor    # [b, K, L] finished hypotheses
+    finished_scores: torch.Tensor  # [b, K] their length-penalised scores (-1e9: empty slot)
+    is_finished: torch.Tensor      # [b, K] which finished slots hold a hypothesis
+    can_improve: torch.Tensor      # [b, 1] HF's is_early_stop_heuristic_unsatisfied
+
+
 def _gather_beams(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x [b, beams, ...], idx [b, k] -> [b, k, ...] (HF `_gather_beams`)."""
     while idx.ndim < x.ndim:
@@ -204,12 +221,13 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
         cache = EncoderDecoderCache()
         running = torch.full((b, n, max_length), c.pad_id, dtype=torch.int64, device=device)
         running[:, :, 0] = c.bos_id
-        sequences = running.clone()                                            # finished
         running_scores = torch.zeros((b, n), dtype=torch.float, device=device)
         running_scores[:, 1:] = NEG
-        scores = torch.full((b, n), NEG, dtype=torch.float, device=device)
-        finished = torch.zeros((b, n), dtype=torch.bool, device=device)
-        improvable = torch.ones((b, 1), dtype=torch.bool, device=device)
+        state = BeamState(
+            running=running, running_scores=running_scores, finished_seqs=running.clone(),
+            finished_scores=torch.full((b, n), NEG, dtype=torch.float, device=device),
+            is_finished=torch.zeros((b, n), dtype=torch.bool, device=device),
+            can_improve=torch.ones((b, 1), dtype=torch.bool, device=device))
         hits = torch.zeros((b, n), dtype=torch.bool, device=device)
         running_idx = torch.full((b, n, max_length - prompt), -1, dtype=torch.int32, device=device)
         indices = running_idx.clone()
@@ -217,18 +235,18 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
                           ).to(device)
         cur_len = prompt
         while True:
-            step = running[:, :, cur_len - 1].reshape(b * n, 1)                # [b*n, 1]
+            step = state.running[:, :, cur_len - 1].reshape(b * n, 1)          # [b*n, 1]
             logits = recorder.run(lambda step=step: model.decode(step, memory, src_mask, cache))
             log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)       # [b*n, v]
             v = log_probs.shape[-1]
-            log_probs = log_probs.reshape(b, n, v) + running_scores[:, :, None]
+            log_probs = log_probs.reshape(b, n, v) + state.running_scores[:, :, None]
             log_probs = log_probs.reshape(b, n * v)                            # [b, n*v]
 
             # top-k continuations over all beams  --> [b, 2n]
             top_log_probs, top_flat = torch.topk(log_probs, k=keep)
             top_beam = top_flat // v
             top_ids = top_flat % v
-            top_seqs = _gather_beams(running, top_beam)                        # [b, 2n, L]
+            top_seqs = _gather_beams(state.running, top_beam)                  # [b, 2n, L]
             top_seqs[:, :, cur_len] = top_ids
             top_idx = _gather_beams(running_idx, top_beam)
             offset = torch.arange(b, device=device).view(-1, 1) * n
@@ -238,23 +256,25 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
             # running beams for the next step: the best continuations that did not finish
             top_running = top_log_probs + hits.to(torch.float32) * NEG
             nxt = torch.topk(top_running, k=n)[1]                              # [b, n]
-            running = _gather_beams(top_seqs, nxt)
-            running_scores = _gather_beams(top_running, nxt)
+            state.running = _gather_beams(top_seqs, nxt)
+            state.running_scores = _gather_beams(top_running, nxt)
             running_idx = _gather_beams(top_idx, nxt)
 
             # finished hypotheses: merge the new ones (among the top n) by length-penalised score
             just_finished = hits & top_n[None, :]
             candidate = top_log_probs / ((cur_len + 1 - prompt) ** alpha)
-            full = torch.all(finished, dim=-1, keepdim=True) & (early_stopping is True)
+            full = torch.all(state.is_finished, dim=-1, keepdim=True) & (early_stopping is True)
             candidate += full.to(torch.float32) * NEG
-            candidate += (~improvable).to(torch.float32) * NEG
+            candidate += (~state.can_improve).to(torch.float32) * NEG
             candidate += (~just_finished) * NEG
-            merged_scores = torch.cat((scores, candidate), dim=1)              # [b, 3n]
+            merged_scores = torch.cat((state.finished_scores, candidate), dim=1)  # [b, 3n]
             best = torch.topk(merged_scores, k=n)[1]
-            sequences = _gather_beams(torch.cat((sequences, top_seqs), dim=1), best)
-            scores = _gather_beams(merged_scores, best)
+            state.finished_seqs = _gather_beams(
+                torch.cat((state.finished_seqs, top_seqs), dim=1), best)
+            state.finished_scores = _gather_beams(merged_scores, best)
             indices = _gather_beams(torch.cat((indices, top_idx), dim=1), best)
-            finished = _gather_beams(torch.cat((finished, just_finished), dim=1), best)
+            state.is_finished = _gather_beams(
+                torch.cat((state.is_finished, just_finished), dim=1), best)
 
             cache.reorder_cache(running_idx[..., cur_len - prompt].reshape(b * n).long())
             cur_len += 1
@@ -264,16 +284,18 @@ def beam_search(model: Transformer, src: object, beam_size: int, max_len: int,
                 best_len = max_length - prompt
             else:
                 best_len = cur_len - prompt
-            best_running = running_scores[:, :1] / (best_len ** alpha)
-            worst = torch.where(finished, torch.min(scores, dim=1, keepdim=True)[0], NEG)
-            improvable = improvable & torch.any(best_running > worst, dim=-1, keepdim=True)
-            keep_going = (torch.any(improvable)
-                          & ~(torch.all(finished) & (early_stopping is True))
+            best_running = state.running_scores[:, :1] / (best_len ** alpha)
+            worst = torch.where(state.is_finished,
+                                torch.min(state.finished_scores, dim=1, keepdim=True)[0], NEG)
+            state.can_improve = state.can_improve & torch.any(best_running > worst, dim=-1,
+                                                              keepdim=True)
+            keep_going = (torch.any(state.can_improve)
+                          & ~(torch.all(state.is_finished) & (early_stopping is True))
                           & ~torch.all(hits))
             if not keep_going:
                 break
 
         generated = int(((indices[:, 0] + 1).bool()).sum(dim=1).max())
-        tokens = sequences[:, 0, prompt:prompt + generated]                  # [b, generated]
+        tokens = state.finished_seqs[:, 0, prompt:prompt + generated]        # [b, generated]
     out = _finish(tokens, max_len, c.pad_id)
     return (out, recorder.stacked()) if capture else out

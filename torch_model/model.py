@@ -2,8 +2,9 @@
 
 `encoder.layer_0.self_attn.query` is the Linear behind `encoder/layer_0/self_attn/query/*`, and
 every canonical intermediate passes through a `Tap` at its own path (`...self_attn.weights`).
-Modules own parameters and wiring; the math is in `attention.py`.  Shapes: b batch, s source
-length, t target length, h heads, d head dim, m d_model, f d_ff, v vocabulary.
+Modules own parameters and wiring; the math is in `attention.py`.  The modules, their order and
+their call signatures mirror jax_model/model.py one for one (docs/architecture.md); the axis
+legend is spec/names.py's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from torch.utils.checkpoint import checkpoint
 from spec import TransformerConfig, position_table
 
 from .attention import (
-    attend,
     attention_scores,
     causal_mask,
     fused_attention,
@@ -27,7 +27,9 @@ from .attention import (
     merge_heads,
     padding_mask,
     split_heads,
+    weighted_values,
 )
+from .canonical import canonical_grads, load_canonical, to_canonical
 from .taps import Tap, name_taps
 
 ACTIVATIONS = {
@@ -41,17 +43,13 @@ def _dropout(rate: float) -> nn.Module:
     return nn.Dropout(rate) if rate > 0 else nn.Identity()
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm (`weight` <-> canonical `scale`) with `input` and `output` taps."""
+class TokenTable(nn.Embedding):
+    """One token embedding table, `weight [v, m]` (canonical `embedding`); the tied output
+    layer reads the same weight (jax_model's `TokenTable.attend`)."""
 
-    def __init__(self, config: TransformerConfig) -> None:
-        super().__init__(config.d_model, eps=config.layer_norm_eps)
-        self.input = Tap()
-        self.output = Tap()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input(x)
-        return self.output(F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps))
+    def __init__(self, config: TransformerConfig, side: str) -> None:
+        vocab = config.src_vocab_size if side == "encoder" else config.tgt_vocab_size
+        super().__init__(vocab, config.d_model)
 
 
 class Embed(nn.Module):
@@ -79,6 +77,12 @@ class Embed(nn.Module):
         self.tokens = Tap()
         self.output = Tap()
 
+    def canonical_params(self) -> dict[str, tuple[nn.Parameter, bool]]:
+        """A learned table is canonical `{side}/embed/positions` [rows, m]; a fixed one none."""
+        if isinstance(self.positions, nn.Parameter):
+            return {"positions": (self.positions, False)}
+        return {}
+
     def reset_positions(self) -> None:
         """Refill a fixed sinusoid table (learned positions are parameters: left alone)."""
         if self.config.positional_encoding == "sinusoidal":
@@ -102,6 +106,19 @@ class Embed(nn.Module):
         if norm is not None:
             x = norm(x)
         return self.output(self.dropout(x))
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm (`weight` <-> canonical `scale`) with `input` and `output` taps."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config.d_model, eps=config.layer_norm_eps)
+        self.input = Tap()
+        self.output = Tap()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input(x)
+        return self.output(F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps))
 
 
 class Attention(nn.Module):
@@ -155,9 +172,12 @@ class Attention(nn.Module):
         self_cache = getattr(cache, "self_attention_cache", cache)
         return self_cache.update(*self._project_kv(source), layer_idx)
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor, mask: torch.Tensor | None,
-                cache: Any = None, layer_idx: int = 0) -> torch.Tensor:
-        """x [b, q, m] attends over source [b, k, m] (x itself for self-attention)."""
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, cache: Any = None,
+                layer_idx: int = 0) -> torch.Tensor:
+        """x [b, q, m] attends over source [b, k, m] (cross) or over itself (source None)."""
+        if source is None:
+            source = x
         q = self.q(split_heads(self.query(x), self.num_heads))           # [b, h, q, d]
         if cache is None:
             k, v = self._project_kv(source)
@@ -175,7 +195,7 @@ class Attention(nn.Module):
             return self.output(self.out(merge_heads(context)))             # [b, q, m]
         scores = self.scores(attention_scores(q, k))                    # [b, h, q, k]
         weights = self.weights(masked_softmax(scores, mask))           # [b, h, q, k]
-        context = self.context(attend(self.weights_dropout(weights), v))  # [b, h, q, d]
+        context = self.context(weighted_values(self.weights_dropout(weights), v))  # [b, h, q, d]
         return self.output(self.out(merge_heads(context)))             # [b, q, m]
 
 
@@ -196,17 +216,19 @@ class FeedForward(nn.Module):
 
 
 class _Layer(nn.Module):
-    """Shared residual wiring: post-LN `norm(x + drop(f(x)))`, pre-LN `x + drop(f(norm(x)))`."""
+    """Shared residual wiring (jax_model's `residual`): post-LN `norm(x + drop(f(x)))`, pre-LN
+    `x + drop(f(norm(x)))`, with `f = sublayer(., *args)` and `norm` its `{sublayer}_norm`."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.dropout = _dropout(config.dropout_rate)
 
-    def _residual(self, x: torch.Tensor, norm: LayerNorm, fn: Any) -> torch.Tensor:
+    def residual(self, x: torch.Tensor, norm: LayerNorm, sublayer: nn.Module,
+                 *args: Any) -> torch.Tensor:
         if self.pre_norm:
-            return x + self.dropout(fn(norm(x)))
-        return norm(x + self.dropout(fn(x)))
+            return x + self.dropout(sublayer(norm(x), *args))
+        return norm(x + self.dropout(sublayer(x, *args)))
 
 
 class EncoderLayer(_Layer):
@@ -218,8 +240,8 @@ class EncoderLayer(_Layer):
         self.ffn_norm = LayerNorm(config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self._residual(x, self.self_attn_norm, lambda h: self.self_attn(h, h, mask))
-        return self._residual(x, self.ffn_norm, self.ffn)
+        x = self.residual(x, self.self_attn_norm, self.self_attn, None, mask)
+        return self.residual(x, self.ffn_norm, self.ffn)
 
 
 class DecoderLayer(_Layer):
@@ -234,11 +256,11 @@ class DecoderLayer(_Layer):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor,
                 cross_mask: torch.Tensor, cache: Any = None, layer_idx: int = 0) -> torch.Tensor:
-        x = self._residual(x, self.self_attn_norm,
-                           lambda h: self.self_attn(h, h, self_mask, cache, layer_idx))
-        x = self._residual(x, self.cross_attn_norm,
-                           lambda h: self.cross_attn(h, memory, cross_mask, cache, layer_idx))
-        return self._residual(x, self.ffn_norm, self.ffn)
+        x = self.residual(x, self.self_attn_norm, self.self_attn, None, self_mask, cache,
+                          layer_idx)
+        x = self.residual(x, self.cross_attn_norm, self.cross_attn, memory, cross_mask, cache,
+                          layer_idx)
+        return self.residual(x, self.ffn_norm, self.ffn)
 
 
 class _Stack(nn.Module):
@@ -248,8 +270,7 @@ class _Stack(nn.Module):
     def __init__(self, config: TransformerConfig, side: str, layer_cls: type, n: int) -> None:
         super().__init__()
         if not config.share_embeddings:
-            vocab = config.src_vocab_size if side == "encoder" else config.tgt_vocab_size
-            self.embedding = nn.Embedding(vocab, config.d_model)
+            self.embedding = TokenTable(config, side)
         self.embed = Embed(config)
         if config.embedding_norm:
             self.embed_norm = LayerNorm(config)
@@ -298,32 +319,6 @@ class Encoder(_Stack):
         return self._finish(x)
 
 
-class Decoder(_Stack):
-    def __init__(self, config: TransformerConfig) -> None:
-        super().__init__(config, "decoder", DecoderLayer, config.num_decoder_layers)
-
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, memory_key_mask: torch.Tensor,
-                table: nn.Embedding | None = None, cache: Any = None,
-                self_key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tgt [b, t] ids (the new ones only, when a cache holds the earlier ones),
-        memory [b, s, m], memory_key_mask [b, s] -> [b, t, m].  `self_key_mask` [b, offset + t]
-        (True = real) also hides target keys (HF's `decoder_attention_mask`); None: causal only.
-        """
-        offset = 0 if cache is None else cache.get_seq_length()
-        x = self._embed(tgt, table, offset)
-        t = tgt.shape[1]
-        self_mask = causal_mask(t, offset + t, tgt.device)  # [1, 1, t, offset + t]
-        if self_key_mask is not None:
-            self_mask = self_mask & padding_mask(self_key_mask)  # [b, 1, t, offset + t]
-        cross_mask = padding_mask(memory_key_mask)           # [b, 1, 1, s]
-        for i, layer in enumerate(self.layers):
-            if cache is None:
-                x = self._run(layer, x, memory, self_mask, cross_mask)
-            else:
-                x = layer(x, memory, self_mask, cross_mask, cache, i)
-        return self._finish(x)
-
-
 class Output(nn.Module):
     """The logits projection: `weight` [v, m] is canonical `output/kernel` transposed when the
     output is untied; when tied, the decoder's token table is passed in instead.  `bias` [v] is
@@ -337,9 +332,47 @@ class Output(nn.Module):
         self.register_parameter(
             "bias", nn.Parameter(torch.zeros(v)) if config.output_bias else None)
 
+    def canonical_params(self) -> dict[str, tuple[nn.Parameter, bool]]:
+        """`output/kernel` is `weight` [v, m] transposed; `output/bias` is `bias`."""
+        params = {}
+        if self.weight is not None:
+            params["kernel"] = (self.weight, True)  # [v, m] -> [m, v]
+        if self.bias is not None:
+            params["bias"] = (self.bias, False)
+        return params
+
     def forward(self, x: torch.Tensor, tied_weight: torch.Tensor) -> torch.Tensor:
         weight = self.weight if self.weight is not None else tied_weight
         return F.linear(x, weight, self.bias)  # [b, t, v]
+
+
+class Decoder(_Stack):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config, "decoder", DecoderLayer, config.num_decoder_layers)
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, memory_key_mask: torch.Tensor,
+                table: nn.Embedding | None, projection: Output, cache: Any = None,
+                self_key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tgt [b, t] ids (the new ones only, when a cache holds the earlier ones),
+        memory [b, s, m], memory_key_mask [b, s] -> logits [b, t, v].  The output layer is the
+        Transformer's (canonical `output/*`), applied here to the decoder's table, as in
+        jax_model.  `self_key_mask` [b, offset + t] (True = real) also hides target keys (HF's
+        `decoder_attention_mask`); None: causal only.
+        """
+        offset = 0 if cache is None else cache.get_seq_length()
+        x = self._embed(tgt, table, offset)
+        t = tgt.shape[1]
+        self_mask = causal_mask(t, offset + t, tgt.device)  # [1, 1, t, offset + t]
+        if self_key_mask is not None:
+            self_mask = self_mask & padding_mask(self_key_mask)  # [b, 1, t, offset + t]
+        cross_mask = padding_mask(memory_key_mask)           # [b, 1, 1, s]
+        for i, layer in enumerate(self.layers):
+            if cache is None:
+                x = self._run(layer, x, memory, self_mask, cross_mask)
+            else:
+                x = layer(x, memory, self_mask, cross_mask, cache, i)
+        table = table if table is not None else self.embedding
+        return projection(self._finish(x), table.weight)  # [b, t, v]
 
 
 def init_module(module: nn.Module, d_model: int, generator: torch.Generator | None = None) -> None:
@@ -373,7 +406,7 @@ class Transformer(nn.Module):
             raise ValueError(f"config must be a spec.TransformerConfig, got {type(config).__name__}")
         self.config = config
         if config.share_embeddings:
-            self.shared_embedding = nn.Embedding(config.src_vocab_size, config.d_model)
+            self.shared_embedding = TokenTable(config, "encoder")
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.output = Output(config)
@@ -399,16 +432,13 @@ class Transformer(nn.Module):
         self.encoder.gradient_checkpointing = self.decoder.gradient_checkpointing = bool(on)
 
     def load_canonical(self, flat: Any) -> Transformer:
-        from .canonical import load_canonical
         load_canonical(self, flat)
         return self
 
     def to_canonical(self) -> dict:
-        from .canonical import to_canonical
         return to_canonical(self)
 
     def canonical_grads(self) -> dict:
-        from .canonical import canonical_grads
         return canonical_grads(self)
 
     # -- computation -------------------------------------------------------------------------
@@ -434,8 +464,8 @@ class Transformer(nn.Module):
                cache: Any = None, tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tgt [b, t] (new ids only, with a cache), memory [b, s, m], src_mask [b, s],
         tgt_mask [b, cached + t] or None (see `Decoder.forward`) -> logits [b, t, v]."""
-        x = self.decoder(tgt, memory, src_mask, self.tgt_table, cache, tgt_mask)
-        return self.logits(self.output(x, self.tgt_table.weight))
+        logits = self.decoder(tgt, memory, src_mask, self.tgt_table, self.output, cache, tgt_mask)
+        return self.logits(logits)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor,
                 src_mask: torch.Tensor | None = None) -> torch.Tensor:

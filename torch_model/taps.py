@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spec.inputs import to_numpy
 from spec.patching import check_result
 
 
@@ -63,14 +64,6 @@ def _select(model: nn.Module, names: Iterable[str] | None) -> dict[str, Tap]:
         raise ValueError(f"unknown tap name(s) {unknown}; this model has {len(available)} taps, "
                          f"e.g. {list(available)[:4]}")
     return {n: available[n] for n in names}
-
-
-def to_numpy(x: torch.Tensor) -> np.ndarray:
-    """A detached numpy copy; half precisions are widened to float32 (numpy has no bfloat16)."""
-    x = x.detach()
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    return x.cpu().numpy()
 
 
 @contextlib.contextmanager

@@ -18,8 +18,8 @@ from spec import TrainConfig, TransformerConfig
 
 from .data import pad_batch
 
-# Run length (and with it the cool-down) and bookkeeping may change on resume; the rest of the
-# optimisation may not.
+# Run length (and with it the cool-down), bookkeeping and gradient checkpointing (memory, not
+# numbers) may change on resume; the rest of the optimisation may not.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "cooldown_steps", "log_every",
                                "eval_every", "checkpoint_every", "keep_checkpoints",
                                "track_internals_every", "gradient_checkpointing"})
