@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spec import load_checkpoint
+from spec import implementations, load_checkpoint
 
 from .configs import RunSetup
 
@@ -43,24 +43,10 @@ def train(version: str, setup: RunSetup, initial: dict[str, Any], run_dir: Path,
     start = time.perf_counter()
     common = dict(resume=args.resume, wandb=args.wandb, wandb_project=args.wandb_project,
                   progress=not args.quiet)
-    if version == "jax":
-        from jax_model.train import train as jax_train
-
-        result = jax_train(setup.model, setup.train, setup.task, run_dir, params=initial,
-                           **common)
-    elif version == "pytorch":
-        from torch_model.train import train as torch_train
-
-        result = torch_train(setup.model, setup.train, setup.task, run_dir, params=initial,
-                             **common)
-    elif version == "huggingface":
-        from hf_bridge.trainer import train as hf_train
-
-        result = hf_train(setup.model, setup.train, setup.task, run_dir, params=initial,
-                          dataloader_num_workers=args.dataloader_num_workers, **common)
-    else:
-        raise ValueError(f"version={version!r} has no trainer: expected jax, pytorch or "
-                         f"huggingface")
+    if implementations.canonical_name(version) == "hf":
+        common["dataloader_num_workers"] = args.dataloader_num_workers
+    result = implementations.trainer(version)(setup.model, setup.train, setup.task, run_dir,
+                                              params=initial, **common)
     flat, _ = load_checkpoint(Path(result.final_checkpoint))
     return RunResult(version, Path(run_dir), flat, dict(result.eval_metrics), int(result.steps),
                      time.perf_counter() - start)

@@ -28,6 +28,7 @@ PACKAGES = {"jax": "jax_model", "torch": "torch_model", "hf": "hf_bridge"}
 ADAPTERS = {"jax": ("jax_model.adapter", "JaxAdapter"),
             "torch": ("torch_model.adapter", "TorchAdapter"),
             "hf": ("hf_bridge.adapter", "HFAdapter")}
+TRAINERS = {"jax": "jax_model.train", "torch": "torch_model.train", "hf": "hf_bridge.trainer"}
 ADAPTER_API = ("name", "config", "capture", "gradients", "params")  # what duck typing checks
 
 
@@ -76,6 +77,11 @@ def adapter_class(name: str) -> type:
     """The adapter class of an implementation (imports its package)."""
     module, cls = ADAPTERS[canonical_name(name)]
     return getattr(importlib.import_module(module), cls)
+
+
+def trainer(name: str) -> Any:
+    """The `train(model_config, train_config, task, output_dir, ...)` of an implementation."""
+    return importlib.import_module(TRAINERS[canonical_name(name)]).train
 
 
 def from_canonical(name: str, flat: Mapping, config: TransformerConfig) -> Adapter:
