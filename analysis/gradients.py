@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from spec import layer_index
+
 # Vanishing: a layer's gradient norm below this is lost to float32 rounding relative to
 # weights of order 1 (float32 has ~7 significant digits).
 VANISHING_NORM = 1e-7
@@ -77,11 +79,12 @@ def execution_key(name: str) -> tuple:
     if parts[0] == "output":
         return (3, 0, 0, name)
     side = 1 if parts[0] == "encoder" else 2
-    if len(parts) < 2 or not parts[1].startswith("layer_"):
+    layer = layer_index(name)
+    if layer is None:
         return (side, 10**9, 0, name)
     sub = parts[2] if len(parts) > 2 else ""
     rank = _SUBLAYER_ORDER.index(sub) if sub in _SUBLAYER_ORDER else len(_SUBLAYER_ORDER)
-    return (side, int(parts[1].split("_")[1]), rank, name)
+    return (side, layer, rank, name)
 
 
 def gradient_warnings(layer_norms: dict[str, float]) -> list[dict]:

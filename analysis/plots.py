@@ -16,6 +16,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from spec import layer_index
+
 from .attention import mean_entropy
 from .gradients import EXPLODING_NORM, VANISHING_NORM
 from .inputs import attention_kind, attention_prefixes
@@ -189,10 +191,10 @@ def _entropy_lines(ax, captures: list, pad_id: int | None) -> None:
             kind = attention_kind(prefix)
             ent = mean_entropy(inter[f"{prefix}/weights"], masks.queries[kind], masks.keys[kind])
             series.setdefault(prefix, []).append((step, float(ent.mean())))
-    layers = max(int(p.split("/")[1].split("_")[1]) for p in series) + 1
+    layers = max(layer_index(p) for p in series) + 1
     colors = _layer_colors(layers)
     for prefix, points in series.items():
-        layer = int(prefix.split("/")[1].split("_")[1])
+        layer = layer_index(prefix)
         xs, ys = zip(*points)
         ax.plot(xs, ys, KIND_STYLE[attention_kind(prefix)], color=colors[layer], marker=".")
     ax.set_xlabel("step")
@@ -225,7 +227,7 @@ def qkv_evolution_figure(series: dict) -> Figure:
         raise ValueError("series is empty: no captured q, k, v")
     fig = Figure(figsize=(15, 8), layout="constrained")
     axes = fig.subplots(2, 3, squeeze=False)
-    layers = max(int(p.split("/")[1].split("_")[1]) for p in series) + 1
+    layers = max(layer_index(p) for p in series) + 1
     colors = _layer_colors(layers)
     for col, point in enumerate(("q", "k", "v")):
         for row, stat in enumerate(("mean", "std")):
@@ -234,7 +236,7 @@ def qkv_evolution_figure(series: dict) -> Figure:
                 if point not in points:
                     continue
                 s = points[point]
-                layer = int(prefix.split("/")[1].split("_")[1])
+                layer = layer_index(prefix)
                 ax.plot(s["steps"], np.mean(s[stat], axis=1), KIND_STYLE[attention_kind(prefix)],
                         color=colors[layer], marker=".")
             ax.set_title(f"{{attn}}/{point}: {stat} over heads", fontsize=10)

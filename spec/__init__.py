@@ -12,6 +12,7 @@ from .names import (
     attention_names,
     embedding_names,
     intermediate_shapes,
+    layer_index,
     num_layers,
     param_shapes,
     sublayers,
@@ -23,7 +24,7 @@ from .training import TrainConfig, learning_rate
 __all__ = [
     "ATTENTION_POINTS", "FFN_POINTS", "PRESETS", "SIDES", "TransformerConfig", "attention_names",
     "check_params", "check_token_array", "check_tokens", "embedding_names",
-    "intermediate_shapes", "label_smoothed_cross_entropy", "normalised_diff", "load_checkpoint", "num_layers",
+    "intermediate_shapes", "layer_index", "label_smoothed_cross_entropy", "normalised_diff", "load_checkpoint", "num_layers",
     "TrainConfig", "learning_rate", "param_shapes", "position_table", "random_params",
     "save_checkpoint", "sinusoidal_positions", "sublayers", "to_numpy",
 ]

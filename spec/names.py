@@ -27,6 +27,17 @@ FFN_POINTS = ("pre_activation", "activation", "output")
 SIDES = ("encoder", "decoder")
 
 
+def layer_index(name: str) -> int | None:
+    """i of a canonical `{side}/layer_{i}/...` name, else None (embeddings, final norms,
+    output, logits): the one parser of layer numbers."""
+    parts = name.split("/")
+    if len(parts) >= 2 and parts[0] in SIDES and parts[1].startswith("layer_"):
+        tail = parts[1][len("layer_"):]
+        if tail.isdigit():
+            return int(tail)
+    return None
+
+
 def sublayers(side: str) -> tuple[str, ...]:
     """Sublayers of one layer, in order: encoder (self_attn, ffn), decoder adds cross_attn."""
     return ("self_attn", "ffn") if side == "encoder" else ("self_attn", "cross_attn", "ffn")
