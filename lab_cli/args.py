@@ -47,7 +47,8 @@ FIELD_FLAGS = {
 }
 
 
-def _int_at_least(low: int):
+def int_at_least(low: int):
+    """An argparse type: an integer >= low (parity.check uses it too)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -143,8 +144,8 @@ def _frameworks(text: str) -> tuple[str, ...]:
     return names
 
 
-positive = _int_at_least(1)
-non_negative = _int_at_least(0)
+positive = int_at_least(1)
+non_negative = int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "multilingual model (sources get a <2xx> token)")
     data.add_argument("--train_size", type=positive, default=DEFAULTS["train_size"])
     data.add_argument("--eval_size", type=positive, default=DEFAULTS["eval_size"])
-    data.add_argument("--max_len", type=_int_at_least(2), default=None,
+    data.add_argument("--max_len", type=int_at_least(2), default=None,
                       help="longest sequence in tokens, specials included (default: fit the data)")
     data.add_argument("--tokenizer", choices=("char", "wordpiece"), default=DEFAULTS["tokenizer"],
                       help="char: one token per character; wordpiece: learnt sub-words")
-    data.add_argument("--vocab_size", type=_int_at_least(8), default=DEFAULTS["vocab_size"],
+    data.add_argument("--vocab_size", type=int_at_least(8), default=DEFAULTS["vocab_size"],
                       help="word-piece vocabulary size (--tokenizer wordpiece)")
     data.add_argument("--dataloader_num_workers", type=non_negative, default=0,
                       help="torch DataLoader workers (pytorch, huggingface); the JAX trainer "

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from lab_cli.args import int_at_least  # noqa: E402  (stdlib only: the CLIs' one int flag type)
 from spec import (  # noqa: E402
     PRESETS,
     TransformerConfig,
@@ -287,20 +288,6 @@ def run_sections(ctx: Context, names: list[str] | None = None) -> list[Check]:
     return [check for rows in results for check in rows]
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is invalid: expected an integer >= {low}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
 def _config_file(text: str) -> str:
     if not os.path.exists(text):
         raise argparse.ArgumentTypeError(f"{text!r} does not exist: expected a config.json file")
@@ -351,12 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--hf", metavar="PATH",
                         help="a saved HF folder (Marian, FSMT, BART, mBART, M2M100, Pegasus) "
                              "against HF's own class: parity/hf_folder.py")
-    p.add_argument("--seed", type=_int_at_least(0), default=0,
+    p.add_argument("--seed", type=int_at_least(0), default=0,
                    help="weights and batch seed (default 0)")
-    p.add_argument("--batch", type=_int_at_least(2), default=3, help="batch size (default 3)")
-    p.add_argument("--src-len", type=_int_at_least(2), default=7,
+    p.add_argument("--batch", type=int_at_least(2), default=3, help="batch size (default 3)")
+    p.add_argument("--src-len", type=int_at_least(2), default=7,
                    help="source length (default 7)")
-    p.add_argument("--tgt-len", type=_int_at_least(2), default=5,
+    p.add_argument("--tgt-len", type=int_at_least(2), default=5,
                    help="target length (default 5)")
     p.add_argument("--section", action="append", choices=section_names(),
                    help="run only this group of checks (repeatable; default: all)")

@@ -480,7 +480,7 @@ def test_a_diverged_run_ends_with_one_line_and_its_summary(tmp_path):
     folder = tmp_path / "run"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main.main(["--version", "jax", *CLI_BASE, "--batch_size", "8", "--lr", "1e6",
+        code = main.main(["--version", "jax", *CLI_BASE, "--batch_size", "8", "--lr", "1e30",
                           "--schedule", "constant", "--warmup_steps", "0", "--max_steps", "4",
                           "--output_dir", str(folder)])
     assert code == 1
@@ -488,7 +488,7 @@ def test_a_diverged_run_ends_with_one_line_and_its_summary(tmp_path):
     assert "Traceback" not in err.getvalue()
     assert re.match(r"main.py: training stopped: the (loss|gradient norm) is nan at step \d", last)
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["diverged"] is True and summary["train_config"]["learning_rate"] == 1e6
+    assert summary["diverged"] is True and summary["train_config"]["learning_rate"] == 1e30
     assert "Lower the learning rate" in summary["warning"]
     assert (folder / "metrics.jsonl").is_file()
 
