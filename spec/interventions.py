@@ -245,26 +245,6 @@ def check_interventions(interventions: Iterable[Intervention] | None, config: Tr
     return items
 
 
-def step_coefficients(iv: Intervention, full_shape: Sequence[int], step: int,
-                      keys: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The coefficients of decoding step `step` (one query position), for a value whose
-    full-forward shape is `full_shape` (length axis = the decode length).
-
-    The position axis is cut to `[step]`; for self-attention scores/weights the key axis is cut
-    to `keys`, the cache length of that step (torch caches grow; JAX's cache has every slot, so
-    JAX passes `keys=None` and slices the position with `lax.dynamic_index_in_dim` instead)."""
-    full_shape = tuple(int(n) for n in full_shape)
-    axis = position_axis(iv.name)
-    out = []
-    for arr in iv.coefficients(full_shape):
-        if arr.shape[axis] != 1:
-            arr = np.take(arr, [step], axis=axis)
-        if keys is not None and point_of(iv.name) in KEY_POINTS and arr.shape[3] != 1:
-            arr = arr[..., :keys]
-        out.append(np.ascontiguousarray(arr, np.float32))
-    return out[0], out[1]
-
-
 # -- metrics ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, eq=False)
 class Metric:

@@ -62,16 +62,6 @@ def test_check_interventions_refuses_two_on_one_name():
         iv.check_interventions(specs, CONFIG, B, S, T)
 
 
-def test_step_coefficients_cut_the_position_and_key_axes():
-    name = "decoder/layer_0/self_attn/weights"  # full [b, h, t, t]
-    spec = iv.zero_ablate(name, heads=[1], positions=[2], keys=[0])
-    scale, shift = iv.step_coefficients(spec, SHAPES[name], step=2, keys=3)
-    assert scale.shape == (1, 4, 1, 3) and (shift == 0).all()
-    assert scale[0, 1, 0, 0] == 0 and scale.sum() == 4 * 3 - 1
-    other_step, _ = iv.step_coefficients(spec, SHAPES[name], step=1, keys=2)
-    assert (other_step == 1).all()
-
-
 def test_loss_metric_equals_the_reference_loss():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(B, T, 11)).astype(np.float32)
