@@ -163,8 +163,9 @@ def vocabulary(tokenizer: Any) -> dict[int, str]:
 def training_captures(run_dir: Path) -> list[tuple[int, dict[str, np.ndarray]]]:
     """The trainer's `internals_step_<N>.npz` captures (none when it tracked nothing).
 
-    The contract stores the probe's decoder input as `inputs/tgt`; the torch and HF trainers
-    still write their batch key `inputs/tgt_in`, which is read as `inputs/tgt`."""
+    The contract stores the probe's decoder input as `inputs/tgt` (every trainer writes that
+    now); run folders written before by the torch and HF trainers hold `inputs/tgt_in`, which
+    is read as `inputs/tgt` so they still open."""
     if not any(run_dir.glob("internals_step_*.npz")):
         return []
     captures = load_captures(run_dir)
