@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lab_cli.args import build_parser, flag_error, parse_args
+from training.host_memory import keep_freed_memory
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writing its `summary.json`.
     """
     args = parse_args(argv)
+    keep_freed_memory()  # before JAX starts its threads (training/host_memory.py says why)
     if args.version == "analysis" and args.checkpoint:
         from lab_cli import pretrained
 

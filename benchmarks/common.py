@@ -7,6 +7,12 @@ import statistics
 import time
 from collections.abc import Callable
 
+from training.host_memory import keep_freed_memory
+
+# Every benchmark is a command line: glibc keeps freed memory before JAX starts its threads,
+# so neither framework's steps pay for page faults (training/host_memory.py says why).
+keep_freed_memory()
+
 
 def limit_threads(n: int) -> None:
     """torch and XLA to `n` CPU threads; call before jax is imported (XLA reads its flags once).

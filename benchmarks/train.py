@@ -4,7 +4,9 @@
     .venv/bin/python benchmarks/train.py --only jax,torch --steps 20 --d_model 256
 
 What is timed (steps `--warmup + 1 ...`, after `--warmup` untimed steps whose time, compilation
-included, is reported apart as "first s"), each a full optimizer update on the number-
+included, is reported apart as "first s"; jax, torch and torch.compile take turns step by step,
+so a change in load hits each alike; the HF Trainer and the sharded run go after, each
+whole), each a full optimizer update on the number-
 translation task's batches (`training.step_batches`: the plan every trainer walks), dropout off:
 - jax:          `jax_model.train.make_train_step` (jit), one device;
 - torch:        `torch_model.train.train_step`, eager;
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +48,11 @@ import tasks  # noqa: E402
 from benchmarks import flops, matmul_rate  # noqa: E402
 from benchmarks.common import limit_threads, load_average  # noqa: E402
 from training import data as train_data  # noqa: E402
+from training import host_memory  # noqa: E402
 
 IMPLEMENTATIONS = ("jax", "torch", "compile", "hf", "sharded")
+LABELS = {"jax": "jax (jit)", "torch": "torch eager", "compile": "torch.compile",
+          "hf": "hf Trainer", "sharded": "jax x4 sharded"}
 
 
 def setup(args: argparse.Namespace) -> tuple[Any, spec.TransformerConfig, spec.TrainConfig,
@@ -83,9 +89,13 @@ def summarise(times: list[float], first: float, step_tokens: list[int], loss: fl
             "first_s": first, "loss": loss}
 
 
-# -- JAX -------------------------------------------------------------------------------------
-def run_jax(config: spec.TransformerConfig, train: spec.TrainConfig, steps: list[list[dict]],
-            flat: dict, warmup: int, mesh: Any = None) -> dict[str, float]:
+# -- JAX ----------------------------------------------------------------------------------------
+Stepper = Callable[[list[dict]], float]  # one optimizer update on a step's micro-batches -> loss
+
+
+def jax_stepper(config: spec.TransformerConfig, train: spec.TrainConfig, flat: dict,
+                mesh: Any = None) -> Stepper:
+    """The jitted JAX update (`jax_model.train.make_train_step`), waiting for its loss."""
     import jax
 
     import jax_model
@@ -96,14 +106,23 @@ def run_jax(config: spec.TransformerConfig, train: spec.TrainConfig, steps: list
     if mesh is not None:
         state = sharding.replicate(state, mesh)
     step_fn = jt.make_train_step(config, train, mesh)
-    times, first, loss = [], 0.0, float("nan")
-    for i, micro in enumerate(steps):
+
+    def step(micro: list[dict]) -> float:
+        nonlocal state
         batch = {k: v.astype(np.int32) for k, v in train_data.stack(micro).items()}
-        start = time.perf_counter()
         if mesh is not None:
             batch = sharding.shard_batch(batch, mesh, batch_axis=1)
         state, metrics = step_fn(state, batch)
-        loss = float(jax.block_until_ready(metrics["loss"]))
+        return float(jax.block_until_ready(metrics["loss"]))
+    return step
+
+
+def run_alone(step: Stepper, steps: list[list[dict]], warmup: int) -> dict[str, float]:
+    """Every step of one stepper in turn (the sharded worker, which has a process to itself)."""
+    times, first, loss = [], 0.0, float("nan")
+    for i, micro in enumerate(steps):
+        start = time.perf_counter()
+        loss = step(micro)
         elapsed = time.perf_counter() - start
         if i < warmup:
             first += elapsed
@@ -112,8 +131,28 @@ def run_jax(config: spec.TransformerConfig, train: spec.TrainConfig, steps: list
     return summarise(times, first, [tokens(m) for m in steps[warmup:]], loss)
 
 
+def run_interleaved(steppers: dict[str, Stepper], steps: list[list[dict]], warmup: int
+                    ) -> dict[str, dict[str, float]]:
+    """Step N of every stepper, then step N + 1 of every stepper, ...: a change in the
+    machine's load hits each row alike.  The warm-up steps (compilation) are timed apart."""
+    first = {name: 0.0 for name in steppers}
+    times: dict[str, list[float]] = {name: [] for name in steppers}
+    losses = {name: float("nan") for name in steppers}
+    for i, micro in enumerate(steps):
+        for name, step in steppers.items():
+            start = time.perf_counter()
+            losses[name] = step(micro)
+            elapsed = time.perf_counter() - start
+            if i < warmup:
+                first[name] += elapsed
+            else:
+                times[name].append(elapsed)
+    counts = [tokens(m) for m in steps[warmup:]]
+    return {name: summarise(times[name], first[name], counts, losses[name]) for name in steppers}
+
+
 def run_sharded(args: argparse.Namespace) -> dict[str, float]:
-    """`run_jax` over 4 virtual CPU devices, in a fresh process (XLA reads its flags once)."""
+    """`jax_stepper` over 4 virtual CPU devices, in a fresh process (XLA reads its flags once)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         " --xla_force_host_platform_device_count=4").strip()
@@ -126,27 +165,22 @@ def run_sharded(args: argparse.Namespace) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# -- PyTorch ---------------------------------------------------------------------------------
-def run_torch(config: spec.TransformerConfig, train: spec.TrainConfig, steps: list[list[dict]],
-              flat: dict, warmup: int, device: str, compile: bool) -> dict[str, float]:
+# -- PyTorch -------------------------------------------------------------------------------------
+def torch_stepper(config: spec.TransformerConfig, train: spec.TrainConfig, flat: dict,
+                  device: str, compile: bool) -> Stepper:
+    """`torch_model.train.train_step`, eager or with `torch.compile(model)`."""
     import torch
 
     from torch_model import train as tt
 
     state = tt.create_train_state(config, train, flat, device, compile=compile)
-    times, first, loss = [], 0.0, float("nan")
-    for i, micro in enumerate(steps):
-        start = time.perf_counter()
-        metrics = tt.train_step(state, micro, config, train)
-        loss = float(metrics["loss"])  # waits for the device
+
+    def step(micro: list[dict]) -> float:
+        loss = float(tt.train_step(state, micro, config, train)["loss"])  # waits for the device
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        if i < warmup:
-            first += elapsed
-        else:
-            times.append(elapsed)
-    return summarise(times, first, [tokens(m) for m in steps[warmup:]], loss)
+        return loss
+    return step
 
 
 def run_hf(task: Any, config: spec.TransformerConfig, train: spec.TrainConfig,
@@ -240,36 +274,42 @@ def main(argv: list[str] | None = None) -> int:
 
         from jax_model import sharding
 
-        print(json.dumps(run_jax(config, train, steps, flat, args.warmup,
-                                 sharding.make_mesh(jax.devices()))))
+        step = jax_stepper(config, train, flat, sharding.make_mesh(jax.devices()))
+        print(json.dumps(run_alone(step, steps, args.warmup)))
         return 0
     print(f"model d_model {config.d_model}, {config.num_heads} heads, "
           f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, vocab "
           f"{config.tgt_vocab_size}; batch {args.batch} x (src {lengths[0]}, tgt {lengths[1]}); "
           f"{args.steps} timed steps after {args.warmup}; {args.threads or 'default'} thread(s)",
           flush=True)
-    runners = {
-        "jax": ("jax (jit)", lambda: run_jax(config, train, steps, flat, args.warmup)),
-        "torch": ("torch eager", lambda: run_torch(config, train, steps, flat, args.warmup,
-                                                   args.device, compile=False)),
-        "compile": ("torch.compile", lambda: run_torch(config, train, steps, flat, args.warmup,
-                                                       args.device, compile=True)),
-        "hf": ("hf Trainer", lambda: run_hf(task, config, train, steps, lengths, flat,
-                                            args.warmup, args.device)),
-        "sharded": ("jax x4 sharded", lambda: run_sharded(args)),
+    steppers = {
+        "jax": lambda: jax_stepper(config, train, flat),
+        "torch": lambda: torch_stepper(config, train, flat, args.device, compile=False),
+        "compile": lambda: torch_stepper(config, train, flat, args.device, compile=True),
+    }
+    alone = {
+        "hf": lambda: run_hf(task, config, train, steps, lengths, flat, args.warmup, args.device),
+        "sharded": lambda: run_sharded(args),
     }
     rate = matmul_rate.measure(repeats=3)
     work = flops.train_step_flops(config, args.batch, *lengths)
-    print(f"{rate.describe()}; {load_average()}\nmodel FLOPs per step {work / 1e9:.2f} G",
-          flush=True)
+    print(f"{rate.describe()}; {load_average()}; {host_memory.describe()}\n"
+          f"model FLOPs per step {work / 1e9:.2f} G", flush=True)
+    results = run_interleaved({k: steppers[k]() for k in only if k in steppers}, steps,
+                              args.warmup)
     print(f"{'implementation':<16} {'step ms':>9} {'tokens/s':>10} {'first s':>8} {'loss':>10}"
           f" {'GFLOP/s':>8} {'MFU':>6}")
     for key in only:
-        label, fn = runners[key]
-        r = fn()
-        print(f"{label:<16} {1000 * r['step_s']:>9.1f} {r['tokens_per_s']:>10.0f} "
+        r = results[key] if key in results else alone[key]()
+        results[key] = r
+        print(f"{LABELS[key]:<16} {1000 * r['step_s']:>9.1f} {r['tokens_per_s']:>10.0f} "
               f"{r['first_s']:>8.2f} {r['loss']:>10.6f} {work / r['step_s'] / 1e9:>8.1f} "
               f"{flops.mfu(work, r['step_s'], rate.best):>6.1%}", flush=True)
+    for other, target in (("torch", 1.2), ("compile", 1.0)):
+        if "jax" in results and other in results:
+            ratio = results[other]["step_s"] / results["jax"]["step_s"]
+            print(f"JAX step vs {LABELS[other]}: {ratio:.2f}x (target >= {target}x: "
+                  f"{'met' if ratio >= target else 'NOT met'})")
     print(load_average())
     return 0
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import spec  # noqa: E402
 from benchmarks import flops, matmul_rate  # noqa: E402
 from benchmarks.common import interleaved_medians, limit_threads, load_average  # noqa: E402
+from training import host_memory  # noqa: E402
 
 JAX_STEP = "jax jit train step (rbg dropout)"
 
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> str:
               f"({torch.get_num_threads()} threads, XLA {args.threads or 'default'}), "
               f"{platform.processor() or platform.machine()}, median of {args.repeats} rounds "
               f"(every row once per round) after {args.warmup} warm-up rounds; before: "
-              f"{load_before}; after: {load_average()}")
+              f"{load_before}; after: {load_average()}; {host_memory.describe()}")
     text = table(rows, compile_seconds, header,
                  flops.train_step_flops(config, args.batch, args.length, args.length),
                  flops.forward_flops(config, args.batch, args.length, args.length).total, rate)

@@ -174,3 +174,36 @@ def test_remat_keeps_less_for_the_backward():
     # XLA's temp peak is not asserted: at this size it is the recomputation's own buffers and
     # the optimizer's, not the activations (benchmarks/RESULTS.md has it for the small preset)
     assert saved[True]["temp"] > 0 and saved[False]["temp"] > 0
+
+
+def test_train_benchmark_interleaves_and_the_losses_agree(capsys):
+    """benchmarks/train.py on a tiny model: jax, torch and torch.compile take turns step by
+    step, train the same weights on the same batches to the same loss, and the ratio lines
+    read against the targets."""
+    from benchmarks import train
+
+    calls: list[str] = []
+    real = train.run_interleaved
+
+    def spy(steppers, steps, warmup):
+        def wrap(name, step):
+            def run(micro):
+                calls.append(name)
+                return step(micro)
+            return run
+        return real({k: wrap(k, v) for k, v in steppers.items()}, steps, warmup)
+
+    train.run_interleaved = spy
+    try:
+        assert train.main(["--d_model", "16", "--heads", "2", "--layers", "1", "--batch", "4",
+                           "--train_size", "40", "--steps", "2", "--warmup", "1",
+                           "--only", "jax,torch", "--threads", "1"]) == 0
+    finally:
+        train.run_interleaved = real
+    assert calls == ["jax", "torch"] * 3
+    out = capsys.readouterr().out
+    losses = {line.split()[0]: float(line.split()[-3]) for line in out.splitlines()
+              if line.startswith(("jax (jit)", "torch eager"))}
+    assert set(losses) == {"jax", "torch"}
+    assert abs(losses["jax"] - losses["torch"]) < 1e-4 * max(1.0, abs(losses["torch"]))
+    assert "JAX step vs torch eager: " in out and "(target >= 1.2x: " in out
