@@ -5,9 +5,13 @@ inverted tens ("einundzwanzig"), French counts in twenties with hyphens ("quatre
 Korean groups by ten thousand in Hangul ("이만 천" = 21000).
 
 Numbers are drawn by magnitude, not uniformly from [0, max_number) (where almost all numbers
-have six digits, and a model never sees "seven"): the digit count is uniform over 1 ..
-digits(max_number - 1), then the number is uniform among those with that count ([0, 10) for
-one digit, so 0 is in). The held-out numbers of each digit count are drawn first, at most a
+have six digits, and a model never sees "seven"): a training number's digit count d is drawn
+from 1 .. digits(max_number - 1) with probability proportional to d (`digit_weights`: 1/21
+.. 6/21 below 1,000,000), then the number is uniform among those with that count ([0, 10)
+for one digit, so 0 is in).  Weighting by d gives each count a share of training in step with
+how much there is to learn in it (a d-digit number has about d words): the eight trainable
+one-digit numbers are still seen ~240 times each per 40,000 pairs, and a fixed-width batch
+spends its rows where the long numbers' errors were. The held-out numbers of each digit count are drawn first, at most a
 fifth of that count's numbers (two of the ten one-digit numbers, never 0: "zero" occurs in no
 other number, so it could not be learnt), spread as evenly over the digit counts as those caps
 allow; training draws only from the rest, with replacement (there are only ten one-digit
@@ -29,6 +33,9 @@ from num2words import CONVERTER_CLASSES, num2words
 from .tokenizer import lang_token
 
 DEFAULT_MAX_NUMBER = 1_000_000
+# Names the draw in a task's summary, so `--resume` refuses a run folder drawn another way
+# (folders from before the weighting have no such field).
+NUMBER_DRAW = "digit count d with probability proportional to d"
 # At most 1/HELD_OUT_SHARE of the numbers of one digit count are held out; the rest train.
 HELD_OUT_SHARE = 5
 # Numbers never held out: "zero" is part of no other number, so a model could not learn it.
@@ -94,6 +101,12 @@ def held_out_counts(eval_size: int, max_number: int) -> list[int]:
     return counts
 
 
+def digit_weights(max_number: int) -> np.ndarray:
+    """`[digit counts]` probabilities of a training number's digit count: proportional to it."""
+    counts = np.arange(1, len(magnitude_ranges(max_number)) + 1, dtype=np.float64)
+    return counts / counts.sum()
+
+
 def draw_numbers(train_size: int, eval_size: int, seed: int, max_number: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(train numbers [train_size], eval numbers [eval_size]) int64, by magnitude (module
@@ -110,7 +123,7 @@ def draw_numbers(train_size: int, eval_size: int, seed: int, max_number: int
         held.append(chosen)
         train_pools.append(numbers[kept])
     eval_numbers = rng.permutation(np.concatenate(held))
-    counts = rng.integers(0, len(ranges), size=train_size)   # [train_size] digit count - 1
+    counts = rng.choice(len(ranges), size=train_size, p=digit_weights(max_number))  # [n] d - 1
     train_numbers = np.empty(train_size, np.int64)
     for d, pool in enumerate(train_pools):
         rows = np.flatnonzero(counts == d)

@@ -20,6 +20,7 @@ from . import batching
 from .corpus import corpus_pairs
 from .numbers import (
     DEFAULT_MAX_NUMBER,
+    NUMBER_DRAW,
     alphabet_texts,
     check_lang,
     check_tgt_langs,
@@ -237,8 +238,8 @@ def build_task(name: str, *, train_size: int | None = 1000, eval_size: int | Non
     `numbers` raises if a pair does not fit; `corpus` drops the pairs that do not fit
     (counted in `task.info["dropped"]`). None: no bound.
     numbers: `src_lang` words -> `tgt_langs` words, numbers from [0, max_number) drawn by
-    digit count (`tasks.numbers`: every magnitude equally often, held-out numbers never in
-    training); several
+    digit count (`tasks.numbers`: a count d with probability proportional to d, held-out
+    numbers never in training); several
     `tgt_langs` put "<2xx>" in front of each source. corpus: `path` (TSV or JSONL, keys
     `src_key`/`tgt_key`), held-out pairs from `eval_path` or split off `path`.
     `tokenizer`: "char" (default), "wordpiece" (`vocab_size`), or a TaskTokenizer to reuse.
@@ -271,7 +272,8 @@ def build_task(name: str, *, train_size: int | None = 1000, eval_size: int | Non
             train_size=_size(train_size, "train_size"), eval_size=_size(eval_size, "eval_size"),
             seed=seed, src_lang=src_lang, tgt_langs=tgt_langs, max_number=max_number)
         info.update(src_lang=src_lang, tgt_langs=list(tgt_langs), max_number=max_number,
-                    train_numbers=train_numbers, eval_numbers=eval_numbers)
+                    number_draw=NUMBER_DRAW, train_numbers=train_numbers,
+                    eval_numbers=eval_numbers)
         src_texts = list(alphabet_texts((src_lang,), max_number))
         tgt_texts = list(alphabet_texts(tgt_langs, max_number))
         lang_tokens = tuple(lang_token(lang) for lang in tgt_langs) if len(tgt_langs) > 1 else ()

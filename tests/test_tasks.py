@@ -74,16 +74,19 @@ def test_number_pairs_are_deterministic_and_held_out():
 
 
 def test_numbers_are_drawn_by_magnitude():
-    """Digit count uniform over 1..6, so short numbers are as common as six-digit ones; at
-    most a fifth of a count's numbers held out (2 of 10, 18 of 90), never 0; the rest of the
-    eval set shared evenly; training never sees a held-out number."""
-    from tasks.numbers import draw_numbers, held_out_counts
+    """A training number's digit count d in 1..6 drawn with probability d / 21, so every
+    count is represented and the long ones get the most rows; at most a fifth of a count's
+    numbers held out (2 of 10, 18 of 90), never 0; the rest of the eval set shared evenly;
+    training never sees a held-out number."""
+    from tasks.numbers import digit_weights, draw_numbers, held_out_counts
 
     train, held = draw_numbers(60_000, 500, 0, 1_000_000)
     assert held_out_counts(500, 1_000_000) == [2, 18, 120, 120, 120, 120]
     digits = np.array([len(str(n)) for n in train.tolist()])
     share = np.bincount(digits, minlength=7)[1:] / len(train)        # [6] digit counts 1..6
-    np.testing.assert_allclose(share, 1 / 6, atol=0.01)               # 10,000 +- ~90 each
+    np.testing.assert_allclose(digit_weights(1_000_000), np.arange(1, 7) / 21)
+    np.testing.assert_allclose(digit_weights(1000), [1 / 6, 2 / 6, 3 / 6])
+    np.testing.assert_allclose(share, np.arange(1, 7) / 21, atol=0.006)  # 2,857 .. 17,143
     assert np.bincount([len(str(n)) for n in held.tolist()], minlength=7)[1:].tolist() == [
         2, 18, 120, 120, 120, 120]
     assert train.min() == 0 and 0 not in held and held.max() < 1_000_000
