@@ -44,7 +44,6 @@ from spec import (  # noqa: E402
     load_checkpoint,
     param_shapes,
 )
-from training.host_memory import keep_freed_memory  # noqa: E402
 
 from . import interventions, runners, tolerances  # noqa: E402
 from .batch import make_batch  # noqa: E402
@@ -384,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    keep_freed_memory()  # before JAX starts its threads (training/host_memory.py says why)
     if args.hf:
         force_full_precision()
         from .hf_folder import run_hf_folder
