@@ -35,6 +35,7 @@ import pytest
 
 import main
 import spec
+import tasks.numbers
 import training
 from spec import TrainConfig, TransformerConfig
 
@@ -705,6 +706,14 @@ RESUME_CALL_CASES = [
         {"task": "sort", "seed": 0}),
      r"train config field\(s\) \['adam_b2'\] differ .*adam_b2 0.98 -> 0.99; data field\(s\) "
      r"\['task'\] differ .*task 'copy' -> 'sort'"),
+    # a numbers run folder from before the digit-count weighting has no number_draw
+    (lambda: training.check_resume(
+        {"model_config": spec.TransformerConfig.preset("tiny").to_dict(),
+         "train_config": spec.TrainConfig().to_dict(), "data": {"task": "numbers", "seed": 0}},
+        spec.TransformerConfig.preset("tiny"), spec.TrainConfig(),
+        {"task": "numbers", "seed": 0, "number_draw": tasks.numbers.NUMBER_DRAW}),
+     r"data field\(s\) \['number_draw'\] differ .*number_draw None -> 'digit count d with "
+     r"probability proportional to d'"),
 ]
 
 

@@ -97,6 +97,15 @@ def test_numbers_are_drawn_by_magnitude():
     assert held_out_counts(6, 100) == [2, 4] and held_out_counts(7, 1001) == [2, 2, 3, 0]
 
 
+def test_numbers_summary_names_the_draw():
+    """The draw is part of a run's data identity, so `--resume` refuses older folders."""
+    from tasks.numbers import NUMBER_DRAW
+
+    task = tasks.build_task("numbers", train_size=30, eval_size=6, seed=0)
+    assert task.summary()["number_draw"] == NUMBER_DRAW
+    assert "number_draw" not in tasks.build_task("copy", train_size=4, eval_size=2).summary()
+
+
 def test_many_number_words_are_made_in_worker_processes_in_order(monkeypatch):
     from tasks import numbers
 
