@@ -680,7 +680,7 @@ RESUME_CLI_CASES = [
      r"'d_ff'\] differ from the checkpoint's: d_model 32 -> 48, d_ff 128 -> 192"),
     (["--dropout", "0.2"],
      r"argument --dropout: cannot resume: model config field\(s\) \['dropout_rate'\] differ "
-     r"from the checkpoint's: dropout_rate 0.1 -> 0.2"),
+     r"from the checkpoint's: dropout_rate 0.0 -> 0.2"),  # the CLI's default dropout is 0
     (["--train_size", "48"],
      r"argument --train_size: cannot resume: data field\(s\) \['train_size'\] differ from the "
      r"checkpoint's: train_size 32 -> 48"),

@@ -463,7 +463,7 @@ def test_kill_9_then_resume_logs_the_uninterrupted_losses(version, tmp_path, cap
 
     # Resuming into that folder with other model or data flags: one line naming the field.
     for change, field in [(["--hidden_size", "48"], r"--hidden_size.*d_model 32 -> 48"),
-                          (["--dropout", "0.2"], r"--dropout.*dropout_rate 0.1 -> 0.2"),
+                          (["--dropout", "0.2"], r"--dropout.*dropout_rate 0.0 -> 0.2"),
                           (["--train_size", "72"], r"--train_size.*train_size 64 -> 72")]:
         with pytest.raises(SystemExit) as exit_info:
             main.main([*flags, *change, "--output_dir", str(killed_dir), "--resume"])
