@@ -1,17 +1,44 @@
-"""Shared by the benchmark scripts: one thread setting for both frameworks, round-robin timing."""
+"""Shared by the benchmark scripts: the model flags, one thread setting for both frameworks,
+round-robin timing."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
 from collections.abc import Callable
 
+from lab_cli.args import int_at_least
 from training.host_memory import keep_freed_memory
 
 # Every benchmark is a command line: glibc keeps freed memory before JAX starts its threads,
 # so neither framework's steps pay for page faults (training/host_memory.py says why).
 keep_freed_memory()
+
+
+# The benchmark model's size flags (`benchmarks.train_step.bench_config`) and their defaults:
+# the small preset's d_model 256, 3+3 layers, 8 heads, with vocabulary 8000, batch 32 x 32.
+MODEL_FLAGS = {"d_model": (256, "d_model"), "layers": (3, "encoder and decoder layers each"),
+               "heads": (8, "attention heads"), "vocab": (8000, "source = target vocabulary"),
+               "batch": (32, "rows per step"), "length": (32, "source and target length")}
+
+
+def add_model_flags(p: argparse.ArgumentParser, *names: str) -> None:
+    """`--<name>` for each of `names` (keys of MODEL_FLAGS; all when none are given), positive
+    integers, and `--threads` (default 1; 0: the libraries' own defaults)."""
+    for name in names or MODEL_FLAGS:
+        default, what = MODEL_FLAGS[name]
+        p.add_argument(f"--{name}", type=int_at_least(1), default=default, help=what)
+    p.add_argument("--threads", type=int_at_least(0), default=1,
+                   help="CPU threads for torch and XLA alike (0: the libraries' defaults); on "
+                        "a small shared machine torch's default can be many times slower")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """`limit_threads(args.threads)` unless it is 0 (the libraries' defaults)."""
+    if args.threads > 0:
+        limit_threads(args.threads)
 
 
 def limit_threads(n: int) -> None:

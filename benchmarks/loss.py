@@ -18,19 +18,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved_medians, limit_threads, load_average  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_model_flags,
+    apply_threads,
+    interleaved_medians,
+    load_average,
+)
+from lab_cli.args import int_at_least  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--length", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
+    add_model_flags(p, "batch", "length", "vocab")
+    p.add_argument("--repeats", type=int_at_least(1), default=7)
     args = p.parse_args(argv)
-    if args.threads > 0:
-        limit_threads(args.threads)
+    apply_threads(args)
     import jax
     import jax.numpy as jnp
     import numpy as np

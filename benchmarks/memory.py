@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import spec  # noqa: E402
-from benchmarks.common import limit_threads, load_average  # noqa: E402
+from benchmarks.common import add_model_flags, apply_threads, load_average  # noqa: E402
 from benchmarks.train_step import bench_config, make_batch  # noqa: E402
 
 MiB = 2 ** 20
@@ -119,19 +119,9 @@ def torch_saved_bytes(config: spec.TransformerConfig, train: spec.TrainConfig,
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--d_model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--length", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1)
+    add_model_flags(p)
     args = p.parse_args(argv)
-    for name in ("d_model", "layers", "heads", "vocab", "batch", "length"):
-        if getattr(args, name) < 1:
-            p.error(f"argument --{name}: expected a positive integer, got {getattr(args, name)}")
-    if args.threads > 0:
-        limit_threads(args.threads)
+    apply_threads(args)
     config = bench_config(args.d_model, args.layers, args.heads, args.vocab, args.length)
     batch = make_batch(config, args.batch, args.length, seed=0)
     n_params = sum(int(np.prod(s)) for s in spec.param_shapes(config).values())

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import limit_threads, load_average  # noqa: E402
+from benchmarks.common import add_model_flags, apply_threads, load_average  # noqa: E402
+from lab_cli.args import int_at_least  # noqa: E402
 
 # (part, pattern on the op's JAX source path), first match wins
 PARTS = (
@@ -83,31 +84,20 @@ def op_times(trace_dir: Path, names: dict[str, tuple[str, str]]) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--d_model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--length", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3, help="profiled steps (after 2 warm-up)")
-    p.add_argument("--threads", type=int, default=1, help="XLA threads (0: its default)")
+    add_model_flags(p, "d_model", "layers", "vocab", "batch", "length")
+    p.add_argument("--steps", type=int_at_least(1), default=3,
+                   help="profiled steps (after 2 warm-up)")
     p.add_argument("--rng_impl", default="rbg")
-    p.add_argument("--top", type=int, default=15, help="most expensive ops to list")
+    p.add_argument("--top", type=int_at_least(1), default=15, help="most expensive ops to list")
     p.add_argument("--hlo", type=Path, default=None, help="write the optimised HLO here")
     args = p.parse_args(argv)
-    if args.threads > 0:
-        limit_threads(args.threads)
+    apply_threads(args)
     import jax
 
-    import spec
-    from benchmarks.train_step import bench_config, make_batch
-    from jax_model import train as jt
+    from benchmarks.train_step import bench_config, jax_bench_step
 
     config = bench_config(args.d_model, args.layers, 8, args.vocab, args.length)
-    train = spec.TrainConfig(batch_size=args.batch)
-    micro = {k: jax.numpy.asarray(v)[None]
-             for k, v in make_batch(config, args.batch, args.length, 0).items()}
-    step = jt.make_train_step(config, train, rng_impl=args.rng_impl)
-    state = jt.create_train_state(config, train)
+    step, state, micro = jax_bench_step(config, args.batch, args.length, rng_impl=args.rng_impl)
     hlo = step.lower(state, micro).compile().as_text()
     if args.hlo is not None:
         args.hlo.write_text(hlo)

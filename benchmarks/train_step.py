@@ -36,7 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import spec  # noqa: E402
 from benchmarks import flops, matmul_rate  # noqa: E402
-from benchmarks.common import interleaved_medians, limit_threads, load_average  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_model_flags,
+    apply_threads,
+    interleaved_medians,
+    load_average,
+)
+from lab_cli.args import int_at_least  # noqa: E402
 from training import host_memory  # noqa: E402
 
 JAX_STEP = "jax jit train step (rbg dropout)"
@@ -64,6 +70,22 @@ def make_batch(config: spec.TransformerConfig, batch: int, length: int, seed: in
         out[name] = ids
     out["tgt_in"][:, 0] = config.bos_id
     return out
+
+
+def jax_bench_step(config: spec.TransformerConfig, batch_size: int, length: int,
+                   **step_options) -> tuple[Callable, object, dict]:
+    """`(step, state, micro)`: the jitted JAX train step (`make_train_step(**step_options)`) on
+    the bench model, a fresh state and one `make_batch` micro-batch `[accum=1, b, length]`
+    (profile_step.py and xla_flags.py time this)."""
+    import jax
+
+    from jax_model import train as jt
+
+    train = spec.TrainConfig(batch_size=batch_size)
+    micro = {k: jax.numpy.asarray(v)[None]
+             for k, v in make_batch(config, batch_size, length, 0).items()}
+    return (jt.make_train_step(config, train, **step_options),
+            jt.create_train_state(config, train), micro)
 
 
 def jax_calls(config, train, batch) -> tuple[dict[str, Callable[[], object]], dict]:
@@ -191,25 +213,14 @@ def table(rows: dict[str, float], compile_seconds: float, header: str, step_flop
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--d_model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--length", type=int, default=32, help="source and target length")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch and XLA alike (0: the libraries' defaults); on a "
-                        "small shared machine torch's default can be many times slower")
-    p.add_argument("--matmul_n", type=int, default=2048, help="size of the matmul-rate probe")
+    add_model_flags(p)
+    p.add_argument("--repeats", type=int_at_least(1), default=20)
+    p.add_argument("--warmup", type=int_at_least(0), default=3)
+    p.add_argument("--matmul_n", type=int_at_least(1), default=2048,
+                   help="size of the matmul-rate probe")
     p.add_argument("--results", type=Path, default=None, help="also write the table here")
     args = p.parse_args(argv)
-    for name in ("d_model", "layers", "heads", "vocab", "batch", "length", "repeats"):
-        if getattr(args, name) < 1:
-            p.error(f"argument --{name}: expected a positive integer, got {getattr(args, name)}")
-    if args.threads > 0:
-        limit_threads(args.threads)
+    apply_threads(args)
 
     config = bench_config(args.d_model, args.layers, args.heads, args.vocab, args.length)
     train = spec.TrainConfig(batch_size=args.batch)

@@ -19,7 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved_medians, limit_threads, load_average  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_model_flags,
+    apply_threads,
+    interleaved_medians,
+    load_average,
+)
+from lab_cli.args import int_at_least  # noqa: E402
 
 CANDIDATES: dict[str, dict[str, str | bool]] = {
     "defaults": {},
@@ -32,29 +38,17 @@ CANDIDATES: dict[str, dict[str, str | bool]] = {
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--d_model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--length", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
+    add_model_flags(p, "d_model", "layers", "vocab", "batch", "length")
+    p.add_argument("--repeats", type=int_at_least(1), default=5)
     args = p.parse_args(argv)
-    if args.threads > 0:
-        limit_threads(args.threads)
+    apply_threads(args)
     import jax
     import numpy as np
 
-    import spec
-    from benchmarks.train_step import bench_config, make_batch
-    from jax_model import train as jt
+    from benchmarks.train_step import bench_config, jax_bench_step
 
     config = bench_config(args.d_model, args.layers, 8, args.vocab, args.length)
-    train = spec.TrainConfig(batch_size=args.batch)
-    micro = {k: jax.numpy.asarray(v)[None]
-             for k, v in make_batch(config, args.batch, args.length, 0).items()}
-    step = jt.make_train_step(config, train, donate=False)
-    state = jt.create_train_state(config, train)
+    step, state, micro = jax_bench_step(config, args.batch, args.length, donate=False)
     lowered = step.lower(state, micro)
     calls, firsts, refused = {}, {}, {}
     for name, options in CANDIDATES.items():
