@@ -176,7 +176,7 @@ def test_remat_keeps_less_for_the_backward():
     assert saved[True]["temp"] > 0 and saved[False]["temp"] > 0
 
 
-def test_train_benchmark_interleaves_and_the_losses_agree(capsys):
+def test_train_benchmark_interleaves_and_the_losses_agree(capsys, monkeypatch):
     """benchmarks/train.py on a tiny model: jax, torch and torch.compile take turns step by
     step, train the same weights on the same batches to the same loss, and the ratio lines
     read against the targets."""
@@ -193,13 +193,10 @@ def test_train_benchmark_interleaves_and_the_losses_agree(capsys):
             return run
         return real({k: wrap(k, v) for k, v in steppers.items()}, steps, warmup)
 
-    train.run_interleaved = spy
-    try:
-        assert train.main(["--d_model", "16", "--heads", "2", "--layers", "1", "--batch", "4",
-                           "--train_size", "40", "--steps", "2", "--warmup", "1",
-                           "--only", "jax,torch", "--threads", "1"]) == 0
-    finally:
-        train.run_interleaved = real
+    monkeypatch.setattr(train, "run_interleaved", spy)
+    assert train.main(["--d_model", "16", "--heads", "2", "--layers", "1", "--batch", "4",
+                       "--train_size", "40", "--steps", "2", "--warmup", "1",
+                       "--only", "jax,torch", "--threads", "1"]) == 0
     assert calls == ["jax", "torch"] * 3
     out = capsys.readouterr().out
     losses = {line.split()[0]: float(line.split()[-3]) for line in out.splitlines()
