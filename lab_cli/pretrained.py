@@ -84,7 +84,7 @@ def analyse(path: str | os.PathLike, output_dir: str | os.PathLike,
     except ImportError:
         other = None
     src = probe_sources(config, tokenizer, texts)
-    tgt = greedy_targets(adapter, flat, config, src)
+    tgt = greedy_targets(adapter, config, src)
     vocab = None
     if tokenizer is not None:
         vocab = {i: tokenizer.id_to_token(i) or str(i) for i in range(config.tgt_vocab_size)}
@@ -94,21 +94,11 @@ def analyse(path: str | os.PathLike, output_dir: str | os.PathLike,
     return result
 
 
-def greedy_targets(adapter: Any, flat: dict, config: TransformerConfig, src: np.ndarray
-                   ) -> np.ndarray:
+def greedy_targets(adapter: Any, config: TransformerConfig, src: np.ndarray) -> np.ndarray:
     """[b, t] decoder input: the start token, then the model's greedy translation (pad after
-    its eos), so the probe is what the model itself produces."""
+    its eos), so the probe is what the model itself produces (the adapter's own `decode`)."""
     steps = min(PROBE_LEN, config.max_len - 1)
-    if adapter.name == "jax":
-        import jax_model
-
-        tokens = jax_model.greedy_decode(jax_model.from_canonical(flat, config), config, src,
-                                         steps)
-    else:
-        import torch_model
-
-        model = torch_model.Transformer(config).load_canonical(flat).eval()
-        tokens = torch_model.greedy_decode(model, src, steps)
+    tokens = adapter.decode(src, steps)
     tokens = np.asarray(tokens, np.int64)
     tgt = np.concatenate([np.full((src.shape[0], 1), config.bos_id, np.int64),
                           tokens[:, :-1]], axis=1)  # [b, steps]
