@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--vocab_size", type=int_at_least(8), default=DEFAULTS["vocab_size"],
                       help="word-piece vocabulary size (--tokenizer wordpiece)")
     data.add_argument("--dataloader_num_workers", type=non_negative, default=0,
-                      help="torch DataLoader workers (pytorch, huggingface); the JAX trainer "
-                           "makes its numpy batches in-process")
+                      help="DataLoader workers of the HF Trainer (--version huggingface); the "
+                           "JAX and plain torch trainers make their numpy batches in-process")
 
     model = p.add_argument_group("model")
     model.add_argument("--hidden_size", type=positive, default=DEFAULTS["hidden_size"],
