@@ -62,8 +62,9 @@ class CausalPair:
 
 
 def run_causal(adapter, pair: CausalPair, ig_steps: int = 32, baseline: str = "zero",
-               ablation_method: str = "mean") -> dict:
-    """All analyses of `pair` (numpy results; see `causal_report` for the JSON layout)."""
+               ablation_method: str = "mean", ig_tolerance: float | None = None) -> dict:
+    """All analyses of `pair` (numpy results; see `causal_report` for the JSON layout).
+    `ig_steps`, `ig_tolerance`: `attribution.source_attribution`'s `steps`, `tolerance`."""
     config = adapter.config
     metric = pair.metric(config.tgt_vocab_size)
     src, bad, tgt = pair.clean_src, pair.corrupt_src, pair.tgt
@@ -88,7 +89,7 @@ def run_causal(adapter, pair: CausalPair, ig_steps: int = 32, baseline: str = "z
         "direct_logit_attribution": dla, "dla_other": other, "dla_error": dla_error,
         "logit_lens": logit_lens.logit_lens(runs.clean, params, config, pair.targets[None]),
         "attribution": attribution.source_attribution(adapter, src, tgt, pair.targets,
-                                                      ig_steps, baseline),
+                                                      ig_steps, baseline, ig_tolerance),
     }
 
 
@@ -151,10 +152,10 @@ def causal_report(result: dict, pair: CausalPair) -> dict:
             **{m: {"source": attr[m]["source"].tolist(), "target": attr[m]["target"].tolist()}
                for m in ("saliency", "input_x_gradient", "integrated_gradients")},
             "steps": attr["steps"], "baseline": attr["baseline"],
+            "tolerance": attr["tolerance"], "converged": attr["converged"],
             "f": attr["f"].tolist(), "f_baseline": attr["f_baseline"].tolist(),
             "completeness_max_error": float(attr["completeness_error"].max()),
-            "completeness_relative_error": float(attr["completeness_error"].max() / max(
-                1e-12, float(np.abs(attr["f"] - attr["f_baseline"]).max())))},
+            "completeness_relative_error": attr["completeness_relative_error"]},
         "top_heads": top_heads(result),
     }
 

@@ -58,7 +58,7 @@ def build_task(args: argparse.Namespace) -> tasks.Task:
     # The flags behind the tokenizer, in the task's summary and so in the data a checkpoint
     # records: a resumed run reads the saved tokenizer, so only these show a changed flag.
     task.info["tokenizer"] = args.tokenizer
-    if args.tokenizer == "wordpiece":
+    if args.tokenizer != "char":
         task.info["vocab_size"] = args.vocab_size
     return task
 

@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> dict:
     files, reports, pairs = {}, [], []
     for k, (clean, corrupt) in enumerate(texts):
         pair = make_pair(adapter, tokenizer, clean, corrupt)
-        result = run_causal(adapter, pair, ig_steps=args.ig_steps)
+        result = run_causal(adapter, pair, ig_steps=args.ig_steps,
+                            ig_tolerance=args.ig_tolerance or None)
         report = causal_report(result, pair)
         report["pair"]["clean_translation"] = pair.labels["clean_translation"]
         report["pair"]["corrupt_translation"] = pair.labels["corrupt_translation"]
@@ -169,8 +170,17 @@ def format_summary(result: dict) -> str:
                      f"{_fmt(r['agreement']['all']['pearson'])}; IG completeness error "
                      f"{r['source_attribution']['completeness_max_error']:.2e} ("
                      f"{r['source_attribution']['completeness_relative_error']:.1%} of the "
-                     f"largest f(x) - f(baseline))")
+                     f"largest f(x) - f(baseline), {r['source_attribution']['steps']} steps"
+                     f"{_unmet(r['source_attribution'])})")
     return "\n".join(lines)
+
+
+def _unmet(attribution: dict) -> str:
+    """A note when IG was refined as far as allowed and still missed its tolerance."""
+    if attribution["tolerance"] is None or attribution["converged"]:
+        return ""
+    return (f"; above --ig_tolerance {attribution['tolerance']:g} at the most steps allowed: "
+            f"raise --ig_steps")
 
 
 def _fmt(x: float | None) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import sys
 import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -196,13 +197,20 @@ def _pairs(numbers: np.ndarray, src_lang: str, tgt_langs: tuple[str, ...]) -> li
 def _many_words(jobs: list[tuple[int, str]]) -> list[str]:
     """`number_words(n, lang)` for each (n, lang) job, in order; a long list in parallel."""
     workers = min(len(os.sched_getaffinity(0)), 8)
-    if len(jobs) < PARALLEL_MIN or workers < 2:
+    if len(jobs) < PARALLEL_MIN or workers < 2 or not _workers_can_start():
         return _words_chunk(jobs)
     size = -(-len(jobs) // (4 * workers))
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     # spawn, not fork: jax and torch may already be running threads in this process.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return [w for part in pool.map(_words_chunk, chunks) for w in part]
+
+
+def _workers_can_start() -> bool:
+    """Whether spawned workers can start: each one runs the parent's main script again, which
+    fails when that script is no file on disk (`python - < script.py`: "<stdin>")."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.isfile(path)
 
 
 def _words_chunk(jobs: list[tuple[int, str]]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Tokenizers built locally with the `tokenizers` library: character or word-piece level.
+"""Tokenizers built locally with the `tokenizers` library: characters, WordPiece or BPE.
 
 Special tokens have FIXED ids, the defaults of `spec.TransformerConfig`: pad 0, bos 1, eos 2,
 unk 3; target-language tokens (`<2de>`) follow as added special tokens, then the vocabulary.
@@ -6,7 +6,8 @@ Character level is the default: German number words are long compounds, which a 
 vocabulary would have to learn whole. `TaskTokenizer.encode` returns raw ids (no specials;
 `tasks.batching` adds eos/bos), `decode` stops at the first eos and drops special tokens, so
 `decode(encode(text)) == text` for any NFC text whose characters are in the vocabulary (char)
-or whose words split into known pieces (word-piece, single spaces).
+or whose words split into known pieces (WordPiece, BPE; single spaces).  Sub-words are learnt by
+`tasks.pieces`, which says why `main.py` defaults to BPE's end-of-word marker.
 
 The backend also carries a `$A </s>` post-processor, so the Hugging Face tokenizer from
 `to_hf` appends eos like Marian's does: `to_hf(tok)(text).input_ids == tok.encode(text) + [eos]`.
@@ -31,12 +32,12 @@ from tokenizers import (
     processors,
 )
 
-from .pieces import learn_pieces
+from .pieces import SUFFIX, learn_merges, learn_pieces
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-KINDS = ("char", "wordpiece")
+KINDS = ("char", "wordpiece", "bpe")
 TOKENIZER_FILE = "tokenizer.json"
 _LANG_TOKEN = re.compile(r"<2[A-Za-z_]+>")
 
@@ -56,10 +57,11 @@ class TaskTokenizer:
                 raise ValueError(f"tokenizer must map special token {token!r} to id {want_id}, "
                                  f"got {got}")
         model_type = type(backend.model).__name__
-        kinds = {"WordLevel": "char", "WordPiece": "wordpiece"}
+        kinds = {"WordLevel": "char", "WordPiece": "wordpiece", "BPE": "bpe"}
         if model_type not in kinds:
             raise ValueError(f"tokenizer model {model_type!r} is not supported: expected a "
-                             f"WordLevel (char) or WordPiece model built by tasks.build_tokenizer")
+                             f"WordLevel (char), WordPiece or BPE model built by "
+                             f"tasks.build_tokenizer")
         self.backend = backend
         self.kind = kinds[model_type]
         added = backend.get_added_tokens_decoder()
@@ -136,6 +138,9 @@ def build_tokenizer(texts: Iterable[str], kind: str = "char", *,
     `kind="char"`: one token per (NFC) character seen in `texts`, in sorted order.
     `kind="wordpiece"`: a WordPiece vocabulary of at most `vocab_size` trained on `texts`, words
     split on whitespace only (so "quatre-vingts" keeps its hyphen and decodes exactly).
+    `kind="bpe"`: byte-pair merges with an end-of-word marker (Sennrich et al. 2016, the paper's
+    shared source-target vocabulary), at most `vocab_size` tokens, words split the same way.
+    Why the marker's place matters for number words: `tasks.pieces`.
     """
     if kind not in KINDS:
         raise ValueError(f"tokenizer kind={kind!r} is unknown; expected one of {KINDS}")
@@ -157,15 +162,21 @@ def build_tokenizer(texts: Iterable[str], kind: str = "char", *,
     else:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
             raise ValueError(f"vocab_size={vocab_size!r} is invalid: expected a positive integer")
-        backend = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=200))
+        nfc = [normalizers.NFC().normalize_str(t) for t in clean]
+        if kind == "wordpiece":
+            pieces = learn_pieces(nfc, vocab_size - len(specials))
+            vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
+            backend = Tokenizer(models.WordPiece(vocab, unk_token=UNK,
+                                                 max_input_chars_per_word=200))
+            backend.decoder = decoders.WordPiece(cleanup=False)
+        else:
+            pieces, merges = learn_merges(nfc, vocab_size - len(specials))
+            vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
+            backend = Tokenizer(models.BPE(vocab, merges, unk_token=UNK,
+                                           end_of_word_suffix=SUFFIX))
+            backend.decoder = decoders.BPEDecoder(suffix=SUFFIX)
         backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        backend.decoder = decoders.WordPiece(cleanup=False)
     backend.normalizer = normalizers.NFC()
-    if kind == "wordpiece":
-        pieces = learn_pieces((normalizers.NFC().normalize_str(t) for t in clean),
-                              vocab_size - len(specials))
-        vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
-        backend.model = models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=200)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     backend.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", pair=f"$A $B {EOS}", special_tokens=[(EOS, EOS_ID)])

@@ -153,6 +153,32 @@ def test_integrated_gradients_completeness_and_causal_target_map(kind, inputs):
     assert not np.allclose(pad["f_baseline"], fine["f_baseline"])
 
 
+def test_integrated_gradients_refined_to_a_tolerance_equal_a_direct_run(inputs):
+    """ReLU (the paper's, and the CLI's): the midpoint rule's error falls slowly, so with a
+    tolerance the steps triple, reusing every gradient already taken, until it is met."""
+    cfg = tiny()
+    adapter = make_adapter("torch", random_params(cfg, 0), cfg)
+    clean, _, tgt = inputs
+    targets = np.array([5, 9, 12, 20, 2, 7])
+    # measured here: 36.7%, 10.7%, 3.4%, 1.5% of max |f(x) - f(x0)| at N = 2, 6, 18, 54
+    refined = attribution.source_attribution(adapter, clean, tgt, targets, steps=2,
+                                             tolerance=0.05)
+    assert refined["converged"] and refined["completeness_relative_error"] <= 0.05
+    assert refined["steps"] in (6, 18, 54) and refined["tolerance"] == 0.05
+    direct = attribution.source_attribution(adapter, clean, tgt, targets, steps=refined["steps"])
+    assert direct["tolerance"] is None and direct["converged"] is False
+    for side in ("source", "target"):
+        np.testing.assert_allclose(refined["integrated_gradients"][side],
+                                   direct["integrated_gradients"][side], rtol=1e-9, atol=1e-12)
+    coarser = attribution.source_attribution(adapter, clean, tgt, targets,
+                                             steps=refined["steps"] // 3)
+    assert coarser["completeness_relative_error"] > 0.05  # it stopped at the first count met
+    capped = attribution.source_attribution(adapter, clean, tgt, targets, steps=2,
+                                            tolerance=1e-9, max_steps=20)
+    assert capped["steps"] == 18 and not capped["converged"]
+    assert capped["completeness_relative_error"] > 1e-9
+
+
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_logit_lens_last_stage_is_the_model(norm, inputs):
     cfg = tiny(norm)
@@ -223,6 +249,11 @@ def test_bad_inputs_name_what_is_wrong(inputs):
         attribution.source_attribution(ad, clean, tgt, np.arange(T), baseline="mean")
     with pytest.raises(ValueError, match="steps=0"):
         attribution.source_attribution(ad, clean, tgt, np.arange(T), steps=0)
+    for tolerance in (0, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match=f"tolerance={tolerance!r} is invalid"):
+            attribution.source_attribution(ad, clean, tgt, np.arange(T), tolerance=tolerance)
+    with pytest.raises(ValueError, match=r"max_steps=4 is invalid: expected an integer >= steps"):
+        attribution.source_attribution(ad, clean, tgt, np.arange(T), steps=8, max_steps=4)
     with pytest.raises(ValueError, match="ablation method 'random'"):
         ablation.head_ablation(ad, clean, tgt, metric(cfg), "random")
     with pytest.raises(ValueError, match="equal lengths"):
@@ -304,6 +335,12 @@ def test_interpret_command_writes_its_files(checkpoint, tmp_path):
                         "--output_dir", str(out), "--backend", "torch", "--ig_steps", "2"])
     assert "three hundred and forty-two" in printed and "IG completeness error" in printed
     doc = json.loads((out / "interpret_report.json").read_text())
+    for pair in doc["pairs"]:  # --ig_steps 2 is the first try; the default tolerance refines
+        ig = pair["source_attribution"]
+        assert ig["tolerance"] == 0.05 and ig["steps"] in (2, 6, 18, 54)
+        assert ig["converged"] == (ig["completeness_relative_error"] <= 0.05)
+        assert ig["converged"] or ig["steps"] == 54
+        assert f"{ig['steps']} steps" in printed
     assert [p["pair"]["corrupt"] for p in doc["pairs"]] == [
         "three hundred and forty-six", "three hundred and forty-two".replace("three", "seven")]
     first = doc["pairs"][0]

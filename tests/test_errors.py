@@ -687,6 +687,10 @@ RESUME_CLI_CASES = [
     (["--seed", "1"], r"argument --seed: cannot resume: .*seed 0 -> 1"),
     (["--task", "copy"], r"cannot resume: data field\(s\) \[.*'task'.*\] .*task 'reverse' -> "
                          r"'copy'"),
+    # a folder trained with one tokenizer (here char) resumed under another (the default bpe)
+    (["--tokenizer", "bpe"], r"argument --tokenizer/--vocab_size: cannot resume: data "
+                             r"field\(s\) \['tokenizer', 'vocab_size'\] differ .*tokenizer "
+                             r"'char' -> 'bpe', vocab_size None -> 300"),
     (["--lr", "0.5"], r"argument --lr: cannot resume: train config field\(s\) "
                       r"\['learning_rate'\] differ from the checkpoint's: learning_rate 1.0 -> "
                       r"0.5"),

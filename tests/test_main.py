@@ -306,7 +306,7 @@ def test_all_compares_three_versions(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tokenizer", ["char", "wordpiece"])
+@pytest.mark.parametrize("tokenizer", ["char", "wordpiece", "bpe"])
 def test_same_seed_same_numbers(tokenizer, tmp_path):
     runs = []
     for name in ("a", "b"):  # separate processes, as two invocations of the command are

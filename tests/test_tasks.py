@@ -123,6 +123,22 @@ def test_many_number_words_are_made_in_worker_processes_in_order(monkeypatch):
     assert parallel[0] == serial[0] and parallel[1] == serial[1]
 
 
+def test_many_number_words_from_a_script_on_stdin():
+    """Spawned workers re-run the main script, which `python - < script` does not have on disk:
+    the words are then made in-process, not lost to a BrokenProcessPool."""
+    from pathlib import Path
+
+    from tasks import numbers
+
+    code = ("import tasks.numbers as n\n"
+            "print(n._workers_can_start(), n._many_words([(i, 'de') for i in "
+            "range(n.PARALLEL_MIN)])[-1])\n")
+    done = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", numbers.number_words(numbers.PARALLEL_MIN - 1, "de")]
+
+
 def test_numbers_range_too_small_is_a_clear_error():
     with pytest.raises(ValueError, match=r"eval_size=5 is too large for max_number=10: at most "
                                          r"2 numbers can be held out"):
@@ -192,7 +208,7 @@ def test_same_seed_same_data_and_batches_other_seed_differs():
 
 
 # -- tokenizer --------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["char", "wordpiece"])
+@pytest.mark.parametrize("kind", ["char", "wordpiece", "bpe"])
 def test_tokenizer_round_trip_every_language(kind):
     tok = tasks.build_tokenizer(list(SAMPLES.values()), kind, lang_tokens=("<2de>",),
                                 vocab_size=120)
@@ -220,8 +236,10 @@ def test_number_task_vocab_covers_unseen_numbers():
         assert task.decode(y) == t and task.tokenizer.decode(x) == s[5:]
 
 
-def test_tokenizer_save_load_and_hf(tmp_path):
-    tok = tasks.build_tokenizer(list(SAMPLES.values()), lang_tokens=("<2de>", "<2ko>"))
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_tokenizer_save_load_and_hf(kind, tmp_path):
+    tok = tasks.build_tokenizer(list(SAMPLES.values()), kind, lang_tokens=("<2de>", "<2ko>"),
+                                vocab_size=120)
     tok.save(tmp_path / "tok")
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
     loaded = tasks.TaskTokenizer.load(tmp_path / "tok")
@@ -447,9 +465,10 @@ def test_word_pieces_are_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("import tasks; t = tasks.build_task('numbers', train_size=3000, eval_size=10, "
-            "seed=0, tokenizer='wordpiece', vocab_size=120); "
-            "print(sorted(t.tokenizer.backend.get_vocab().items()))")
+    code = ("import tasks; t = [tasks.build_task('numbers', train_size=3000, eval_size=10, "
+            "seed=0, tokenizer=k, vocab_size=120) for k in ('wordpiece', 'bpe')]; "
+            "print([sorted(x.tokenizer.backend.get_vocab().items()) for x in t], "
+            "t[1].tokenizer.backend.to_str())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env={**os.environ, "PYTHONHASHSEED": str(s)}
                            ).stdout for s in (1, 2, 3)}
@@ -462,3 +481,39 @@ def test_learn_pieces_merges_the_most_frequent_pair_first():
     # pairs: (a, ##b) x3 first; then (##a, ##b) and (ab, ##a) tie at 2: the smaller text wins.
     pieces = learn_pieces(["abab abab ab", "cd"], size=8)
     assert pieces == ["##a", "##b", "##d", "a", "c", "ab", "##ab", "abab"]
+
+
+def test_learn_merges_marks_the_end_of_words_and_keeps_the_merge_order():
+    from tasks.pieces import learn_merges
+
+    # words "a b a b</w>" x2, "a b</w>" x1, "c d</w>" x1: (a, b</w>) occurs 3 times, (a, b)
+    # and (b, a) 2; then (a, b) and (b, ab</w>) tie at 2 and the smaller text wins; then
+    # (ab, ab</w>).  Every character has an inside and an end-of-word form.
+    pieces, merges = learn_merges(["abab abab ab", "cd"], size=12)
+    assert pieces[:8] == ["a", "a</w>", "b", "b</w>", "c", "c</w>", "d", "d</w>"]
+    assert merges == [("a", "b</w>"), ("a", "b"), ("ab", "ab</w>")]
+    assert pieces[8:] == ["ab</w>", "ab", "abab</w>"]  # no pair is left that occurs twice
+
+
+def test_bpe_ends_every_german_number_on_a_token_that_ends_others():
+    """Why `bpe` exists (tasks.pieces): WordPiece spells "zehn" alone as "z ##ehn", a last
+    token that ends no training number; end-of-word BPE spells it "zehn</w>", the token that
+    ends "dreizehn" and "hundertzehn" too."""
+    def last_tokens(task):
+        return {task.tokenizer.tokens(t)[-1] for n, (_, t) in
+                zip(task.info["train_numbers"], task.train_pairs) if n != 10}
+
+    bpe = tasks.build_task("numbers", train_size=4000, eval_size=10, seed=0, tokenizer="bpe",
+                           vocab_size=300)
+    tok = bpe.tokenizer
+    assert tok.kind == "bpe"
+    assert tok.tokens("zehn") == ["zehn</w>"]
+    assert tok.tokens("dreizehn")[-1] == tok.tokens("hundertzehn")[-1] == "zehn</w>"
+    assert tok.tokens("ten thousand") == ["ten</w>", "thousand</w>"]
+    assert "zehn</w>" in last_tokens(bpe)
+    wordpiece = tasks.build_task("numbers", train_size=4000, eval_size=10, seed=0,
+                                 tokenizer="wordpiece", vocab_size=300)
+    assert wordpiece.tokenizer.tokens("zehn") == ["z", "##ehn"]
+    assert "##ehn" not in last_tokens(wordpiece)
+    # a character seen only inside words still ends a new word without <unk>
+    assert tasks.UNK_ID not in tok.encode("ß zw")
