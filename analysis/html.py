@@ -221,9 +221,18 @@ def _causal_pair(c: dict) -> str:
     return (head + "<p>Strongest heads (denoising activation patching):</p>" + heads
             + "<p>Attribution patching against activation patching:</p>" + agree
             + f"<p>Integrated gradients ({sa['steps']} steps, {esc(sa['baseline'])} baseline): "
-              f"largest completeness error {_num(sa['completeness_max_error'])}.  Direct logit "
+              f"largest completeness error {_num(sa['completeness_max_error'])} "
+              f"({_num(100 * sa['completeness_relative_error'])}% of the largest "
+              f"f(x) - f(baseline){_tolerance_note(sa)}).  Direct logit "
               f"attribution ({esc(dla['approximation'])}): reconstruction error "
               f"{_num(dla['reconstruction_error'])}.</p>")
+
+
+def _tolerance_note(sa: dict) -> str:
+    if sa.get("tolerance") is None:
+        return ""
+    met = "met" if sa["converged"] else "not met at the most steps allowed"
+    return f"; tolerance {_num(100 * sa['tolerance'])}% {met}"
 
 
 def write_html_report(path: str | os.PathLike, report: dict, inter: dict,

@@ -242,7 +242,8 @@ def build_task(name: str, *, train_size: int | None = 1000, eval_size: int | Non
     numbers never in training); several
     `tgt_langs` put "<2xx>" in front of each source. corpus: `path` (TSV or JSONL, keys
     `src_key`/`tgt_key`), held-out pairs from `eval_path` or split off `path`.
-    `tokenizer`: "char" (default), "wordpiece" (`vocab_size`), or a TaskTokenizer to reuse.
+    `tokenizer`: "char" (default), "wordpiece" or "bpe" (`vocab_size` tokens; `tasks.pieces`),
+    or a TaskTokenizer to reuse.
     `shared_vocab=False` gives source and target their own vocabularies.
     """
     if name not in TASK_NAMES:

@@ -2,12 +2,15 @@
 
 Special tokens have FIXED ids, the defaults of `spec.TransformerConfig`: pad 0, bos 1, eos 2,
 unk 3; target-language tokens (`<2de>`) follow as added special tokens, then the vocabulary.
-Character level is the default: German number words are long compounds, which a word-level
-vocabulary would have to learn whole. `TaskTokenizer.encode` returns raw ids (no specials;
-`tasks.batching` adds eos/bos), `decode` stops at the first eos and drops special tokens, so
-`decode(encode(text)) == text` for any NFC text whose characters are in the vocabulary (char)
-or whose words split into known pieces (WordPiece, BPE; single spaces).  Sub-words are learnt by
-`tasks.pieces`, which says why `main.py` defaults to BPE's end-of-word marker.
+Character level is the library's default (`build_tokenizer`, `build_task`): German number
+words are long compounds, which a word-level vocabulary would have to learn whole; `main.py`
+defaults to sub-words, end-of-word BPE, which `tasks.pieces` learns and explains.
+`TaskTokenizer.encode` returns raw ids (no specials; `tasks.batching` adds eos/bos), `decode`
+stops at the first eos and drops special tokens, so `decode(encode(text)) == text` for any NFC
+text whose characters are in the vocabulary (char) or whose words split into known pieces
+(WordPiece, BPE; single spaces).  Under BPE a text that contains the marker `</w>` itself
+does not round-trip (the decoder turns it into a space), and an unknown character at a word's
+end becomes `<unk>` with the word's end, so that word runs into the next.
 
 The backend also carries a `$A </s>` post-processor, so the Hugging Face tokenizer from
 `to_hf` appends eos like Marian's does: `to_hf(tok)(text).input_ids == tok.encode(text) + [eos]`.
@@ -62,6 +65,11 @@ class TaskTokenizer:
             raise ValueError(f"tokenizer model {model_type!r} is not supported: expected a "
                              f"WordLevel (char), WordPiece or BPE model built by "
                              f"tasks.build_tokenizer")
+        if model_type == "BPE" and backend.model.end_of_word_suffix != SUFFIX:
+            raise ValueError(f"BPE tokenizer with end_of_word_suffix="
+                             f"{backend.model.end_of_word_suffix!r} is not supported: expected "
+                             f"{SUFFIX!r}, as tasks.build_tokenizer writes (byte-level BPE such "
+                             f"as GPT-2's has none)")
         self.backend = backend
         self.kind = kinds[model_type]
         added = backend.get_added_tokens_decoder()
@@ -165,12 +173,14 @@ def build_tokenizer(texts: Iterable[str], kind: str = "char", *,
         nfc = [normalizers.NFC().normalize_str(t) for t in clean]
         if kind == "wordpiece":
             pieces = learn_pieces(nfc, vocab_size - len(specials))
+            _check_room(pieces, specials, vocab_size, kind)
             vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
             backend = Tokenizer(models.WordPiece(vocab, unk_token=UNK,
                                                  max_input_chars_per_word=200))
             backend.decoder = decoders.WordPiece(cleanup=False)
         else:
             pieces, merges = learn_merges(nfc, vocab_size - len(specials))
+            _check_room(pieces, specials, vocab_size, kind)
             vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
             backend = Tokenizer(models.BPE(vocab, merges, unk_token=UNK,
                                            end_of_word_suffix=SUFFIX))
@@ -184,6 +194,15 @@ def build_tokenizer(texts: Iterable[str], kind: str = "char", *,
         if backend.token_to_id(tok) != i:  # the trainer and WordLevel both keep this order
             raise RuntimeError(f"special token {tok!r} got id {backend.token_to_id(tok)}, not {i}")
     return TaskTokenizer(backend)
+
+
+def _check_room(pieces: list[str], specials: list[str], vocab_size: int, kind: str) -> None:
+    """The learner never cuts the alphabet (a text of known characters must not need <unk>),
+    so a vocabulary smaller than the alphabet would silently come out larger than asked."""
+    if len(specials) + len(pieces) > vocab_size:
+        raise ValueError(f"vocab_size={vocab_size} is too small for these texts: the {kind} "
+                         f"alphabet alone needs {len(specials) + len(pieces)} tokens, special "
+                         f"tokens included; expected vocab_size >= {len(specials) + len(pieces)}")
 
 
 def to_hf(tokenizer: TaskTokenizer) -> Any:

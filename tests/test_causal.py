@@ -341,6 +341,12 @@ def test_interpret_command_writes_its_files(checkpoint, tmp_path):
         assert ig["converged"] == (ig["completeness_relative_error"] <= 0.05)
         assert ig["converged"] or ig["steps"] == 54
         assert f"{ig['steps']} steps" in printed
+    exact = tmp_path / "exact"  # --ig_tolerance 0: exactly --ig_steps
+    run_main(["--version", "interpret", "--checkpoint", str(checkpoint), "--output_dir",
+              str(exact), "--backend", "torch", "--ig_steps", "3", "--ig_tolerance", "0",
+              "--clean", "three hundred and forty-two", "--corrupt", "three hundred and forty-six"])
+    ig = json.loads((exact / "interpret_report.json").read_text())["pairs"][0]["source_attribution"]
+    assert (ig["steps"], ig["tolerance"], ig["converged"]) == (3, None, False)
     assert [p["pair"]["corrupt"] for p in doc["pairs"]] == [
         "three hundred and forty-six", "three hundred and forty-two".replace("three", "seven")]
     first = doc["pairs"][0]
@@ -351,6 +357,11 @@ def test_interpret_command_writes_its_files(checkpoint, tmp_path):
                                                                 for p in doc["pairs"]]
     html = (out / "report.html").read_text()
     assert "Causal analyses" in html and "three hundred and forty-six" in html
+    first_ig = first["source_attribution"]
+    assert (f"Integrated gradients ({first_ig['steps']} steps, zero baseline)" in html
+            and f"{100 * first_ig['completeness_relative_error']:.4g}% of the largest" in html
+            and ("tolerance 5% met" if first_ig["converged"] else
+                 "tolerance 5% not met at the most steps allowed") in html)
     for name in ("patching_heads", "patching_positions", "attribution_patching_heads",
                  "patching_agreement", "head_ablation", "head_dla", "logit_lens",
                  "attribution_ig", "attribution_ixg"):

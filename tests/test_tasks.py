@@ -130,7 +130,9 @@ def test_many_number_words_from_a_script_on_stdin():
 
     from tasks import numbers
 
-    code = ("import tasks.numbers as n\n"
+    code = ("import os\n"
+            "os.sched_getaffinity = lambda pid: {0, 1}  # as on a machine with workers to use\n"
+            "import tasks.numbers as n\n"
             "print(n._workers_can_start(), n._many_words([(i, 'de') for i in "
             "range(n.PARALLEL_MIN)])[-1])\n")
     done = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True,
@@ -481,6 +483,26 @@ def test_learn_pieces_merges_the_most_frequent_pair_first():
     # pairs: (a, ##b) x3 first; then (##a, ##b) and (ab, ##a) tie at 2: the smaller text wins.
     pieces = learn_pieces(["abab abab ab", "cd"], size=8)
     assert pieces == ["##a", "##b", "##d", "a", "c", "ab", "##ab", "abab"]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_vocab_smaller_than_the_alphabet_is_a_clear_error(kind):
+    texts = list(SAMPLES.values())
+    with pytest.raises(ValueError, match=r"vocab_size=20 is too small for these texts: the "
+                                         rf"{kind} alphabet alone needs (\d+) tokens") as err:
+        tasks.build_tokenizer(texts, kind, vocab_size=20)
+    need = int(err.value.args[0].split("expected vocab_size >= ")[1])
+    assert tasks.build_tokenizer(texts, kind, vocab_size=need).vocab_size == need
+
+
+def test_byte_level_bpe_is_refused():
+    from tokenizers import Tokenizer, models
+
+    vocab = {t: i for i, t in enumerate([*tasks.SPECIAL_TOKENS, "a", "b", "ab"])}
+    backend = Tokenizer(models.BPE(vocab, [("a", "b")], unk_token="<unk>"))
+    with pytest.raises(ValueError, match=r"end_of_word_suffix=None is not supported: expected "
+                                         r"'</w>'"):
+        tasks.TaskTokenizer(backend)
 
 
 def test_learn_merges_marks_the_end_of_words_and_keeps_the_merge_order():
