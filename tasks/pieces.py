@@ -13,7 +13,10 @@ The two notations mark a word's pieces differently, and that decides what a mode
   with a token that training only ever saw before "##tausend";
 - Sennrich's BPE (the paper's tokenizer) marks the last piece with `</w>` ("zehntausend" ->
   "zehn tausend</w>", "dreizehn" -> "drei zehn</w>"), so every word ends on a token that
-  also ends other words, and the decoder has seen each such token followed by eos.
+  also ends other words, and the decoder has seen each such token followed by eos.  Its
+  weakness is the mirror image, at a word's start: "neunhundert</w>" (900) ends numbers like
+  5900 but starts none, and rarer misses like it are spread over the longer numbers (README,
+  "Training quality").
 """
 
 from __future__ import annotations
