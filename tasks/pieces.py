@@ -60,10 +60,10 @@ def _learn(texts: Iterable[str], size: int, max_texts: int, spell: Callable[[str
     the vocabulary is full or no pair occurs twice.
 
     Words are whitespace-separated and spelled by `spell`; the alphabet is the symbols seen,
-    `complete`d.  Pair counts are updated only for
-    the words a merge touches.  A corpus of more than `max_texts` texts is learnt from a sample
-    of that many, chosen in a fixed pseudo-random order (a hash of each text), which keeps the
-    words' relative frequencies and a large corpus fast.
+    `complete`d, and is never cut (a text of known characters must not need `<unk>`).  Pair
+    counts are updated only for the words a merge touches.  A corpus of more than `max_texts`
+    texts is learnt from a sample of that many, chosen in a fixed pseudo-random order (a hash
+    of each text), which keeps the words' relative frequencies and a large corpus fast.
     """
     texts = list(texts)
     if len(texts) > max_texts:

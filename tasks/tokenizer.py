@@ -172,16 +172,20 @@ def build_tokenizer(texts: Iterable[str], kind: str = "char", *,
             raise ValueError(f"vocab_size={vocab_size!r} is invalid: expected a positive integer")
         nfc = [normalizers.NFC().normalize_str(t) for t in clean]
         if kind == "wordpiece":
-            pieces = learn_pieces(nfc, vocab_size - len(specials))
-            _check_room(pieces, specials, vocab_size, kind)
-            vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
+            pieces, merges = learn_pieces(nfc, vocab_size - len(specials)), None
+        else:
+            pieces, merges = learn_merges(nfc, vocab_size - len(specials))
+        if len(specials) + len(pieces) > vocab_size:  # the learner never cuts the alphabet
+            raise ValueError(f"vocab_size={vocab_size} is too small for these texts: the {kind} "
+                             f"alphabet alone needs {len(specials) + len(pieces)} tokens, special "
+                             f"tokens included; expected vocab_size >= "
+                             f"{len(specials) + len(pieces)}")
+        vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
+        if merges is None:
             backend = Tokenizer(models.WordPiece(vocab, unk_token=UNK,
                                                  max_input_chars_per_word=200))
             backend.decoder = decoders.WordPiece(cleanup=False)
         else:
-            pieces, merges = learn_merges(nfc, vocab_size - len(specials))
-            _check_room(pieces, specials, vocab_size, kind)
-            vocab = {tok: i for i, tok in enumerate([*specials, *pieces])}
             backend = Tokenizer(models.BPE(vocab, merges, unk_token=UNK,
                                            end_of_word_suffix=SUFFIX))
             backend.decoder = decoders.BPEDecoder(suffix=SUFFIX)
@@ -194,15 +198,6 @@ def build_tokenizer(texts: Iterable[str], kind: str = "char", *,
         if backend.token_to_id(tok) != i:  # the trainer and WordLevel both keep this order
             raise RuntimeError(f"special token {tok!r} got id {backend.token_to_id(tok)}, not {i}")
     return TaskTokenizer(backend)
-
-
-def _check_room(pieces: list[str], specials: list[str], vocab_size: int, kind: str) -> None:
-    """The learner never cuts the alphabet (a text of known characters must not need <unk>),
-    so a vocabulary smaller than the alphabet would silently come out larger than asked."""
-    if len(specials) + len(pieces) > vocab_size:
-        raise ValueError(f"vocab_size={vocab_size} is too small for these texts: the {kind} "
-                         f"alphabet alone needs {len(specials) + len(pieces)} tokens, special "
-                         f"tokens included; expected vocab_size >= {len(specials) + len(pieces)}")
 
 
 def to_hf(tokenizer: TaskTokenizer) -> Any:
